@@ -1,0 +1,92 @@
+"""Object positions read out of Pong frames by colour, for scripted play and evaluation.
+
+Works on 64x64 frames made by area averaging from ALE Pong's 210x160 screen, where the
+ball (2x4 emulator pixels) becomes a faint blob of about one pixel and the paddles
+(4x16) become short bars. Positions are in output pixels, rows counted from the top.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ALE Pong's palette (RGB).
+BACKGROUND = np.array([144, 72, 17], np.float32)
+PLAYER_GREEN = np.array([92, 186, 92], np.float32)
+OPPONENT_ORANGE = np.array([213, 130, 74], np.float32)
+BALL_WHITE = np.array([236, 236, 236], np.float32)
+
+# Regions in 210x160 emulator coordinates, scaled to the frame size on use.
+_PLAY_ROWS = (34, 194)          # between the top and bottom walls
+_PLAYER_COLS = (140, 144)
+_OPPONENT_COLS = (16, 20)
+
+
+def _scaled(bounds: tuple[int, int], src: int, dst: int, pad: int = 0, inner: bool = False) -> slice:
+    """Scale an emulator interval to output pixels: covering it, or (``inner``) inside it."""
+    lo, hi = bounds[0] * dst / src, bounds[1] * dst / src
+    lo, hi = (int(np.ceil(lo)), int(np.floor(hi))) if inner else (int(np.floor(lo)), int(np.ceil(hi)))
+    lo, hi = lo - pad, hi + pad
+    return slice(max(lo, 0), min(hi, dst))
+
+
+def _mix_weight(frames: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Per-pixel share of ``colour`` in a blend of it with the background, in [0, 1]."""
+    direction = colour - BACKGROUND
+    share = ((frames.astype(np.float32) - BACKGROUND) @ direction) / float(direction @ direction)
+    residual = frames.astype(np.float32) - BACKGROUND - share[..., None] * direction
+    share = np.where(np.linalg.norm(residual, axis=-1) < 40.0, share, 0.0)
+    return np.clip(share, 0.0, 1.0)
+
+
+def _centroid_rows(weight: np.ndarray, min_mass: float) -> np.ndarray:
+    """Mass-weighted mean row of ``weight (..., H, W)``; NaN where the mass is below ``min_mass``."""
+    rows = np.arange(weight.shape[-2], dtype=np.float32)[:, None]
+    mass = weight.sum(axis=(-2, -1))
+    y = (weight * rows).sum(axis=(-2, -1)) / np.maximum(mass, 1e-6)
+    return np.where(mass >= min_mass, y, np.nan)
+
+
+def paddle_y(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
+    """Vertical centre of the player's (green, right) or opponent's (orange, left) paddle.
+
+    Args:
+        frames: ``(..., H, W, 3)`` uint8 Pong frames.
+        player: the green paddle (True) or the orange one (False).
+
+    Returns:
+        ``(...)`` float32 row of the paddle's centre in pixels; NaN where it is not visible.
+    """
+    h, w = frames.shape[-3], frames.shape[-2]
+    cols = _scaled(_PLAYER_COLS if player else _OPPONENT_COLS, 160, w, pad=1)
+    rows = _scaled(_PLAY_ROWS, 210, h, inner=True)
+    region = frames[..., rows, cols, :]
+    weight = _mix_weight(region, PLAYER_GREEN if player else OPPONENT_ORANGE)
+    y = _centroid_rows(weight, min_mass=0.25 * 16 * h / 210)
+    return (y + rows.start).astype(np.float32)
+
+
+def ball_xy(frames: np.ndarray) -> np.ndarray:
+    """Centre of the ball.
+
+    The ball is looked for between the walls and between the paddles' columns, so a ball
+    touching a paddle is reported as not visible.
+
+    Args:
+        frames: ``(..., H, W, 3)`` uint8 Pong frames.
+
+    Returns:
+        ``(..., 2)`` float32 ``(x, y)`` in pixels; NaN where no ball is visible.
+    """
+    h, w = frames.shape[-3], frames.shape[-2]
+    rows = _scaled(_PLAY_ROWS, 210, h, inner=True)
+    cols = slice(_scaled(_OPPONENT_COLS, 160, w, pad=1).stop, _scaled(_PLAYER_COLS, 160, w, pad=1).start)
+    weight = _mix_weight(frames[..., rows, cols, :], BALL_WHITE)
+    weight = np.where(weight > 0.08, weight, 0.0)
+    mass = weight.sum(axis=(-2, -1))
+    ys = np.arange(weight.shape[-2], dtype=np.float32)[:, None]
+    xs = np.arange(weight.shape[-1], dtype=np.float32)[None, :]
+    y = (weight * ys).sum(axis=(-2, -1)) / np.maximum(mass, 1e-6) + rows.start
+    x = (weight * xs).sum(axis=(-2, -1)) / np.maximum(mass, 1e-6) + cols.start
+    visible = mass >= 0.15
+    out = np.stack([x, y], axis=-1).astype(np.float32)
+    return np.where(visible[..., None], out, np.nan)

@@ -1,0 +1,323 @@
+"""The dataset format: episodes of frames and actions on disk, and random training windows.
+
+Layout of a dataset directory (format version 1)::
+
+    my_dataset/
+      metadata.json               # game, frame size, frame skip, action meanings, ...
+      episodes/
+        episode_000000.npz        # one episode, written atomically (tmp file + rename)
+        episode_000001.npz
+        ...
+
+Each ``episode_*.npz`` is a plain NumPy archive (readable with ``numpy.load`` alone):
+
+====================  ======================  =============================================
+array                 shape, dtype            meaning
+====================  ======================  =============================================
+``frames``            (T+1, H, W, 3) uint8    observations x_0 .. x_T (RGB)
+``actions``           (T,) int64              a_t, taken after observing x_t; it produces x_{t+1}
+``rewards``           (T,) float32            r_t, received for the transition x_t -> x_{t+1}
+``terminated``        (T,) bool               the game ended with x_{t+1}
+``truncated``         (T,) bool               the episode was cut after x_{t+1} (time limit)
+``info``              () str                  JSON: policy, seed, env index, wall time
+====================  ======================  =============================================
+
+T is the number of transitions; frames holds one more entry than the per-step arrays, the
+final observation, which is Minari's convention. ``metadata.json`` holds::
+
+    {"format": "dreamgame-dataset", "version": 1, "game": "pong", "frame_size": [64, 64],
+     "frame_skip": 4, "sticky_actions": 0.0, "action_meanings": [...], "fps": 15,
+     "policy": "...", "seed": 0}
+
+A killed recorder loses only the episodes it had not finished: each file appears whole or
+not at all, and a later recording into the same directory appends new episode numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_NAME = "dreamgame-dataset"
+FORMAT_VERSION = 1
+NULL_ACTION = -1
+"""Action value used for the (missing) action before an episode's first frame."""
+
+
+class DatasetError(ValueError):
+    """A dataset directory or episode file is missing, corrupt or inconsistent."""
+
+
+@dataclass
+class Episode:
+    """One episode in memory; see the module docstring for the arrays' meaning."""
+
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """Number of transitions T (``len(frames) - 1``)."""
+        return len(self.actions)
+
+    def validate(self, *, frame_size: tuple[int, int] | None = None, num_actions: int | None = None,
+                 where: str = "episode") -> None:
+        """Check shapes, dtypes and ranges.
+
+        Raises:
+            DatasetError: naming ``where`` and the first inconsistency found.
+        """
+        f = self.frames
+        if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
+            raise DatasetError(f"{where}: frames must be uint8 (T+1, H, W, 3), got {f.dtype} {f.shape}")
+        if frame_size is not None and tuple(f.shape[1:3]) != tuple(frame_size):
+            raise DatasetError(f"{where}: frame size {f.shape[1:3]} differs from the dataset's {tuple(frame_size)}")
+        t = len(f) - 1
+        if t < 1:
+            raise DatasetError(f"{where}: an episode needs at least 2 frames, got {len(f)}")
+        for name, dtype in (("actions", np.int64), ("rewards", np.float32), ("terminated", np.bool_),
+                            ("truncated", np.bool_)):
+            a = getattr(self, name)
+            if a.dtype != dtype or a.shape != (t,):
+                raise DatasetError(f"{where}: {name} must be {np.dtype(dtype)} ({t},), got {a.dtype} {a.shape}")
+        if num_actions is not None and len(self.actions):
+            lo, hi = int(self.actions.min()), int(self.actions.max())
+            if lo < 0 or hi >= num_actions:
+                bad = lo if lo < 0 else hi
+                raise DatasetError(f"{where}: action {bad} out of range [0, {num_actions})")
+
+
+def save_episode(path: str | Path, episode: Episode, *, compress: bool = True) -> Path:
+    """Write one episode atomically: to ``<path>.tmp`` first, then renamed into place.
+
+    Returns:
+        The final path.
+    """
+    path = Path(path)
+    episode.validate(where=str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    arrays = dict(frames=episode.frames, actions=episode.actions, rewards=episode.rewards,
+                  terminated=episode.terminated, truncated=episode.truncated,
+                  info=np.array(json.dumps(episode.info)))
+    with open(tmp, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_episode(path: str | Path) -> Episode:
+    """Read one episode file.
+
+    Raises:
+        DatasetError: the file is missing, not a NumPy archive, truncated, or lacks an array.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"frames", "actions", "rewards", "terminated", "truncated"} - set(z.files)
+            if missing:
+                raise DatasetError(f"{path}: missing arrays {sorted(missing)}")
+            ep = Episode(frames=z["frames"], actions=z["actions"], rewards=z["rewards"],
+                         terminated=z["terminated"], truncated=z["truncated"],
+                         info=json.loads(str(z["info"])) if "info" in z.files else {})
+    except DatasetError:
+        raise
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such episode file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: corrupt episode file ({type(e).__name__}: {e})") from None
+    ep.validate(where=str(path))
+    return ep
+
+
+class DatasetWriter:
+    """Appends episodes to a dataset directory, creating it (and its metadata) if needed.
+
+    Args:
+        root: dataset directory.
+        metadata: dataset-level metadata (``game``, ``frame_size``, ``action_meanings``, ...).
+            When the directory already holds a dataset, the keys that define the data
+            (``game``, ``frame_size``, ``frame_skip``, ``action_meanings``) must match it.
+
+    Raises:
+        DatasetError: appending to a dataset of another game, size or action set.
+    """
+
+    _IDENTITY_KEYS = ("game", "frame_size", "frame_skip", "action_meanings")
+
+    def __init__(self, root: str | Path, metadata: dict):
+        self.root = Path(root)
+        (self.root / "episodes").mkdir(parents=True, exist_ok=True)
+        meta_path = self.root / "metadata.json"
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **metadata}
+        if meta_path.exists():
+            old = read_metadata(self.root)
+            for key in self._IDENTITY_KEYS:
+                if key in meta and json.dumps(old.get(key)) != json.dumps(meta[key]):
+                    raise DatasetError(f"{self.root}: cannot append, {key}={meta[key]!r} but the dataset has "
+                                       f"{old.get(key)!r}")
+        else:
+            tmp = meta_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, meta_path)
+        for stale in (self.root / "episodes").glob("*.tmp"):
+            stale.unlink()  # an episode a killed recorder did not finish
+        existing = sorted((self.root / "episodes").glob("episode_*.npz"))
+        self._next = 1 + max((int(p.stem.split("_")[1]) for p in existing), default=-1)
+        self.frames_written = 0
+        self.episodes_written = 0
+
+    def write(self, episode: Episode) -> Path:
+        """Write one episode under the next free number and return its path."""
+        path = save_episode(self.root / "episodes" / f"episode_{self._next:06d}.npz", episode)
+        self._next += 1
+        self.frames_written += len(episode.frames)
+        self.episodes_written += 1
+        return path
+
+
+def read_metadata(root: str | Path) -> dict:
+    """Read ``metadata.json`` of a dataset directory.
+
+    Raises:
+        DatasetError: no dataset there, unreadable JSON, or another format.
+    """
+    root = Path(root)
+    path = root / "metadata.json"
+    if not path.exists():
+        raise DatasetError(f"{root}: not a dataset (no metadata.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: corrupt metadata ({e})") from None
+    if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{path}: format {meta.get('format')!r} v{meta.get('version')!r} is not "
+                           f"{FORMAT_NAME!r} v{FORMAT_VERSION}")
+    return meta
+
+
+class EpisodeDataset:
+    """A dataset directory, read.
+
+    Args:
+        root: dataset directory.
+        load: read every episode into memory now (``True``) or on first access.
+
+    Attributes:
+        metadata: the parsed ``metadata.json``.
+        paths: the episode files, in episode order.
+
+    Raises:
+        DatasetError: the directory is not a dataset, holds no episodes, or an episode is corrupt
+            (the message names the file).
+    """
+
+    def __init__(self, root: str | Path, *, load: bool = True):
+        self.root = Path(root)
+        self.metadata = read_metadata(self.root)
+        self.paths = sorted((self.root / "episodes").glob("episode_*.npz"))
+        if not self.paths:
+            raise DatasetError(f"{self.root}: the dataset holds no episodes")
+        self._episodes: list[Episode | None] = [None] * len(self.paths)
+        if load:
+            for i in range(len(self.paths)):
+                self[i]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Episode:
+        if self._episodes[i] is None:
+            ep = load_episode(self.paths[i])
+            ep.validate(frame_size=tuple(self.metadata["frame_size"]),
+                        num_actions=len(self.metadata["action_meanings"]), where=str(self.paths[i]))
+            self._episodes[i] = ep
+        return self._episodes[i]
+
+    @property
+    def num_transitions(self) -> int:
+        return sum(len(self[i]) for i in range(len(self)))
+
+
+def validate_dataset(root: str | Path) -> list[str]:
+    """Check every file of a dataset; return one message per problem (empty: all good)."""
+    problems = []
+    try:
+        meta = read_metadata(root)
+    except DatasetError as e:
+        return [str(e)]
+    paths = sorted((Path(root) / "episodes").glob("episode_*.npz"))
+    if not paths:
+        problems.append(f"{root}: the dataset holds no episodes")
+    for p in paths:
+        try:
+            load_episode(p).validate(frame_size=tuple(meta["frame_size"]),
+                                     num_actions=len(meta["action_meanings"]), where=str(p))
+        except DatasetError as e:
+            problems.append(str(e))
+    return problems
+
+
+class WindowSampler:
+    """Random fixed-length training windows from episodes in memory.
+
+    A window starting at frame ``s`` holds, for slot ``i`` in ``range(window)``:
+
+    - ``frames[i] = x_{s+i}``;
+    - ``actions[i] = a_{s+i-1}``, the action that produced ``x_{s+i}`` (``NULL_ACTION`` for
+      an episode's first frame);
+    - ``rewards[i] = r_{s+i-1}`` and ``terminated[i] = terminated_{s+i-1}``, the reward and
+      end flag of that same transition (0 and False for an episode's first frame).
+
+    So every slot carries the action, reward and end flag of the transition into its frame,
+    which is what the dynamics model conditions on and predicts.
+
+    Args:
+        episodes: episodes to sample from (each needs at least ``window`` frames to be used).
+        window: frames per window.
+        seed: seed of the sampler's generator.
+
+    Raises:
+        DatasetError: no episode is long enough.
+    """
+
+    def __init__(self, episodes: list[Episode], window: int, *, seed: int = 0):
+        self.window = window
+        self.episodes = [e for e in episodes if len(e.frames) >= window]
+        if not self.episodes:
+            raise DatasetError(f"no episode has the {window} frames a training window needs")
+        starts = np.array([len(e.frames) - window + 1 for e in self.episodes], dtype=np.float64)
+        self._p = starts / starts.sum()
+        self._n_starts = starts.astype(np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def window_at(self, episode_index: int, start: int) -> dict[str, np.ndarray]:
+        """The window of ``episode_index`` beginning at frame ``start`` (see class docs)."""
+        ep = self.episodes[episode_index]
+        w = self.window
+        frames = ep.frames[start:start + w]
+        lo = start - 1
+        actions = np.full(w, NULL_ACTION, np.int64)
+        rewards = np.zeros(w, np.float32)
+        terminated = np.zeros(w, np.bool_)
+        src = slice(max(lo, 0), lo + w)
+        dst = slice(max(-lo, 0), w)
+        actions[dst], rewards[dst], terminated[dst] = ep.actions[src], ep.rewards[src], ep.terminated[src]
+        return dict(frames=frames, actions=actions, rewards=rewards, terminated=terminated)
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of random windows: ``frames (B, W, H, W', 3) uint8``, ``actions (B, W) int64``,
+        ``rewards (B, W) float32``, ``terminated (B, W) bool``."""
+        eps = self.rng.choice(len(self.episodes), size=batch_size, p=self._p)
+        items = [self.window_at(e, int(self.rng.integers(self._n_starts[e]))) for e in eps]
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}

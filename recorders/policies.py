@@ -1,0 +1,193 @@
+"""Policies that play real games while the recorder writes episodes.
+
+Every policy acts on a batch: ``policy(obs (B, H, W, 3) uint8) -> actions (B,) int64``, and
+is told when a sub-environment starts a new episode through ``episode_start(i)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from envs.games import GameSpec
+from envs.readout import ball_xy, paddle_y
+
+
+class Policy(Protocol):
+    name: str
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray: ...
+
+    def episode_start(self, index: int) -> None: ...
+
+
+class RandomRepeatPolicy:
+    """Uniformly random actions, each held for a random number of steps.
+
+    Holding actions gives the long presses a player makes (a paddle that travels the
+    whole screen), which single-step random actions almost never produce.
+
+    Args:
+        num_envs: batch size.
+        num_actions: size of the Discrete action space.
+        max_repeat: each action is held for ``1..max_repeat`` steps, uniformly.
+        seed: seed of the policy's generator.
+    """
+
+    name = "random"
+
+    def __init__(self, num_envs: int, num_actions: int, *, max_repeat: int = 8, seed: int = 0):
+        if max_repeat < 1:
+            raise ValueError(f"max_repeat must be >= 1, got {max_repeat}")
+        self.num_actions, self.max_repeat = num_actions, max_repeat
+        self.rng = np.random.default_rng(seed)
+        self._action = np.zeros(num_envs, np.int64)
+        self._left = np.zeros(num_envs, np.int64)
+
+    def episode_start(self, index: int) -> None:
+        self._left[index] = 0
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        renew = self._left <= 0
+        n = int(renew.sum())
+        self._action[renew] = self.rng.integers(self.num_actions, size=n)
+        self._left[renew] = self.rng.integers(1, self.max_repeat + 1, size=n)
+        self._left -= 1
+        return self._action.copy()
+
+
+class ScriptedPongPolicy:
+    """A Pong player that tracks the ball, imperfectly.
+
+    It moves its paddle towards the ball's row (or the centre when no ball is seen), with a
+    random aiming offset drawn per episode, a dead zone, and a share of random actions,
+    so that it wins some points and misses others.
+
+    Args:
+        num_envs: batch size.
+        epsilon: probability of a random action at each step.
+        seed: seed of the policy's generator.
+    """
+
+    name = "scripted_pong"
+    UP, DOWN, NOOP, FIRE = 2, 3, 0, 1
+
+    def __init__(self, num_envs: int, *, epsilon: float = 0.15, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.epsilon = epsilon
+        self._offset = self.rng.normal(0.0, 2.0, size=num_envs)
+        self._random = np.zeros(num_envs, np.int64)
+        self._random_left = np.zeros(num_envs, np.int64)
+
+    def episode_start(self, index: int) -> None:
+        self._offset[index] = self.rng.normal(0.0, 2.0)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        paddle = paddle_y(obs)
+        ball = ball_xy(obs)
+        target = np.where(np.isnan(ball[:, 1]), obs.shape[1] / 2, ball[:, 1]) + self._offset
+        diff = np.nan_to_num(target - paddle)
+        actions = np.where(diff < -1.0, self.UP, np.where(diff > 1.0, self.DOWN, self.NOOP)).astype(np.int64)
+        # Bursts of random actions (a distracted player).
+        start = (self._random_left <= 0) & (self.rng.random(len(actions)) < self.epsilon / 4)
+        self._random[start] = self.rng.integers(6, size=int(start.sum()))
+        self._random_left[start] = self.rng.integers(1, 8, size=int(start.sum()))
+        busy = self._random_left > 0
+        actions[busy] = self._random[busy]
+        self._random_left[busy] -= 1
+        return actions
+
+
+class CallablePolicy:
+    """Wraps any per-observation ``policy(obs (H, W, 3)) -> action`` for batched recording."""
+
+    def __init__(self, fn: Callable[[np.ndarray], int], *, name: str = "callable"):
+        self.fn, self.name = fn, name
+
+    def episode_start(self, index: int) -> None:
+        pass
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return np.array([int(self.fn(o)) for o in obs], np.int64)
+
+
+class MixedPolicy:
+    """Gives each episode one of several policies, chosen at random per episode.
+
+    Args:
+        policies: the policies to mix (each built for the same batch size).
+        weights: their probabilities (normalised).
+        seed: seed of the choice.
+    """
+
+    def __init__(self, policies: list[Policy], weights: list[float] | None = None, *, num_envs: int, seed: int = 0):
+        self.policies = policies
+        w = np.ones(len(policies)) if weights is None else np.asarray(weights, np.float64)
+        self.p = w / w.sum()
+        self.rng = np.random.default_rng(seed)
+        self.name = "mixed(" + ",".join(p.name for p in policies) + ")"
+        self.choice = self.rng.choice(len(policies), size=num_envs, p=self.p)
+
+    def episode_start(self, index: int) -> None:
+        self.choice[index] = self.rng.choice(len(self.policies), p=self.p)
+        for p in self.policies:
+            p.episode_start(index)
+
+    def current_name(self, index: int) -> str:
+        return self.policies[self.choice[index]].name
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(obs), np.int64)
+        for k, p in enumerate(self.policies):
+            a = p(obs)  # every policy advances its state, so switching keeps them consistent
+            out[self.choice == k] = a[self.choice == k]
+        return out
+
+
+class KeyboardPolicy:
+    """A human at the keyboard, through a pygame window showing the game (batch size 1).
+
+    Keys map to actions through the game's key map (:meth:`GameSpec.action_for_keys`).
+    Esc or closing the window raises ``KeyboardInterrupt`` so that the recorder stops after
+    writing the episodes already finished.
+
+    Args:
+        spec: the game.
+        scale: window scale factor over the frame size.
+    """
+
+    name = "human"
+
+    def __init__(self, spec: GameSpec, *, scale: int = 8):
+        import pygame
+
+        self.pygame, self.spec, self.scale = pygame, spec, scale
+        pygame.init()
+        self.screen = None
+        self.held: set[str] = set()
+        self.clock = pygame.time.Clock()
+
+    def episode_start(self, index: int) -> None:
+        pass
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        pg = self.pygame
+        if len(obs) != 1:
+            raise ValueError(f"keyboard recording plays one env at a time, got a batch of {len(obs)}")
+        frame = obs[0]
+        if self.screen is None:
+            self.screen = pg.display.set_mode((frame.shape[1] * self.scale, frame.shape[0] * self.scale))
+            pg.display.set_caption(f"recording {self.spec.name} (Esc stops)")
+        for event in pg.event.get():
+            if event.type == pg.QUIT or (event.type == pg.KEYDOWN and event.key == pg.K_ESCAPE):
+                raise KeyboardInterrupt
+            if event.type == pg.KEYDOWN:
+                self.held.add(pg.key.name(event.key))
+            elif event.type == pg.KEYUP:
+                self.held.discard(pg.key.name(event.key))
+        surf = pg.surfarray.make_surface(frame.swapaxes(0, 1))
+        self.screen.blit(pg.transform.scale(surf, self.screen.get_size()), (0, 0))
+        pg.display.flip()
+        self.clock.tick(self.spec.fps)
+        return np.array([self.spec.action_for_keys(self.held)], np.int64)

@@ -1,0 +1,1 @@
+"""Training: Hydra entry points, the stage loops, the pipeline and the evaluation."""

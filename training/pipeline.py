@@ -1,0 +1,256 @@
+"""The end-to-end training pipeline: record (if needed) -> tokenizer -> LAM -> dynamics -> evaluate -> bundle.
+
+Run it with Hydra::
+
+    python -m training.pipeline game=pong preset=cpu export=worldmodel/checkpoints/pong
+    python -m training.pipeline preset=tiny out=runs/smoke          # seconds
+    python -m training.pipeline +budget.dynamics.minutes=5          # override any budget field
+
+Every stage snapshots itself every few minutes under ``<out>/<stage>/``; running the same
+command again resumes where it stopped, and a finished stage is not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.games import get_game
+from recorders.collect import RecordConfig, record
+from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler
+from training.evaluate import paddle_control, teacher_forced, write_video
+from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage, tokenizer_loss_fn)
+from training.presets import TrainBudget, get_budget
+from worldmodel.bundle import ModelBundle
+from worldmodel.config import ModelPreset, get_preset, update_dataclass
+from worldmodel.dynamics import DynamicsModel
+from worldmodel.lam import LatentActionModel
+from worldmodel.tokenizer import build_tokenizer
+
+STAGES = ("tokenizer", "lam", "dynamics", "evaluate")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything one pipeline run needs (the Hydra config maps onto it).
+
+    Attributes:
+        game: game name.
+        preset: model size and training budget name (``tiny``, ``cpu``, ``gpu``).
+        out: run directory (snapshots, bundle, metrics, video).
+        dataset: training dataset directory; recorded first if it does not exist.
+        heldout: held-out dataset directory (other seeds); recorded first if missing.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        amp: bfloat16 autocast: ``auto`` (on CUDA, or a CPU with native bf16), ``true``, ``false``.
+        seed: seeds recording, sampling and initialisation.
+        export: copy the final bundle here too (e.g. ``worldmodel/checkpoints/pong``).
+        stages: which stages to run.
+        moving_weight: extra loss weight of moving pixels.
+        start_windows: real start windows stored in the bundle.
+        progress: progress bars.
+    """
+
+    game: str = "pong"
+    preset: str = "cpu"
+    out: str = "runs/pong-cpu"
+    dataset: str = "data/pong"
+    heldout: str = "data/pong-heldout"
+    device: str = "auto"
+    amp: str = "auto"
+    seed: int = 0
+    export: str | None = None
+    stages: tuple[str, ...] = STAGES
+    moving_weight: float = 20.0
+    start_windows: int = 32
+    progress: bool = True
+    model: ModelPreset = field(default_factory=ModelPreset)
+    budget: TrainBudget = field(default_factory=TrainBudget)
+
+
+def build_config(values: dict) -> PipelineConfig:
+    """Turn a plain dict (from Hydra) into a :class:`PipelineConfig`, applying preset overrides.
+
+    Raises:
+        ValueError: unknown game, preset, stage or setting name.
+    """
+    values = dict(values)
+    model_over = values.pop("model", None) or {}
+    budget_over = values.pop("budget", None) or {}
+    known = {f for f in PipelineConfig.__dataclass_fields__} - {"model", "budget"}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    cfg = PipelineConfig(**values)
+    get_game(cfg.game)
+    cfg.stages = tuple(cfg.stages)
+    bad = set(cfg.stages) - set(STAGES)
+    if bad:
+        raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {STAGES}")
+    model = get_preset(cfg.preset)
+    for part in ("tokenizer", "lam", "dynamics", "sampler"):
+        setattr(model, part, update_dataclass(getattr(model, part), model_over.get(part), where=f"model.{part}"))
+    unknown = set(model_over) - {"tokenizer", "lam", "dynamics", "sampler"}
+    if unknown:
+        raise ValueError(f"unknown model part(s) {sorted(unknown)}")
+    budget = get_budget(cfg.preset)
+    for part in ("record", "tokenizer", "lam", "dynamics"):
+        setattr(budget, part, update_dataclass(getattr(budget, part), budget_over.get(part), where=f"budget.{part}"))
+    if "eval_windows" in budget_over:
+        budget.eval_windows = int(budget_over["eval_windows"])
+    cfg.model, cfg.budget = model, budget
+    return cfg
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _amp(setting, device: torch.device) -> bool:
+    setting = str(setting).lower()
+    if setting == "auto":
+        return device.type == "cuda" or cpu_supports_bf16()
+    return setting in ("true", "1", "yes")
+
+
+def ensure_datasets(cfg: PipelineConfig) -> tuple[EpisodeDataset, EpisodeDataset]:
+    """Load the training and held-out datasets, recording whichever is missing."""
+    rb = cfg.budget.record
+    for path, episodes, seed, policy in ((cfg.dataset, rb.episodes, cfg.seed, "mixed"),
+                                         (cfg.heldout, rb.heldout_episodes, cfg.seed + 100_000, "mixed")):
+        if not (Path(path) / "metadata.json").exists():
+            print(f"recording {episodes} {cfg.game} episodes into {path}")
+            record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
+                                num_envs=rb.num_envs, policy=policy, seed=seed), progress=cfg.progress)
+    train, held = EpisodeDataset(cfg.dataset), EpisodeDataset(cfg.heldout)
+    for ds in (train, held):
+        if ds.metadata["game"] != cfg.game:
+            raise DatasetError(f"{ds.root} holds {ds.metadata['game']!r} episodes, not {cfg.game!r}")
+    return train, held
+
+
+def _start_windows(held: EpisodeDataset, length: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    sampler = WindowSampler([held[i] for i in range(len(held))], length, seed=seed)
+    frames, actions = [], []
+    for k in range(count):
+        e = k % len(sampler.episodes)
+        start = int(sampler.rng.integers(sampler._n_starts[e]))
+        ep = sampler.episodes[e]
+        frames.append(ep.frames[start:start + length])
+        actions.append(ep.actions[start:start + length - 1])
+    return torch.as_tensor(np.stack(frames)), torch.as_tensor(np.stack(actions))
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run the pipeline; returns the metrics written to ``<out>/metrics.json``."""
+    t_start = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    amp = _amp(cfg.amp, device)
+    spec = get_game(cfg.game)
+    train, held = ensure_datasets(cfg)
+    episodes = [train[i] for i in range(len(train))]
+    held_eps = [held[i] for i in range(len(held))]
+    m, b = cfg.model, cfg.budget
+    m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
+                                                   tokens_per_frame=m.tokenizer.tokens_per_frame), where="model.dynamics")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    metrics: dict = {"dataset": {"episodes": len(train), "transitions": train.num_transitions,
+                                 "heldout_episodes": len(held), "heldout_transitions": held.num_transitions},
+                     "device": str(device), "amp": amp}
+    print(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
+
+    tokenizer = build_tokenizer(m.tokenizer).to(device)
+    if m.tokenizer.kind != "patch" and "tokenizer" in cfg.stages:
+        sampler = WindowSampler(episodes, 2, seed=cfg.seed + 1)
+        tokenizer, logs = run_stage("tokenizer", tokenizer, tokenizer_loss_fn(sampler, b.tokenizer.batch_size, device,
+                                                                              cfg.moving_weight),
+                                    b.tokenizer, out / "tokenizer", sampler.rng, device=device, amp=amp,
+                                    frames_per_step=2 * b.tokenizer.batch_size, progress=cfg.progress)
+        metrics["tokenizer"] = logs
+    tokenizer.requires_grad_(False).eval()
+    metrics["tokenizer_params"] = sum(p.numel() for p in tokenizer.parameters())
+
+    lam = None
+    if "lam" in cfg.stages:
+        lam = LatentActionModel(m.lam).to(device)
+        sampler = WindowSampler(episodes, m.lam.history + 2, seed=cfg.seed + 2)
+        lam, logs = run_stage("lam", lam, lam_loss_fn(sampler, b.lam.batch_size, device, cfg.moving_weight), b.lam,
+                              out / "lam", sampler.rng, device=device, amp=amp,
+                              frames_per_step=(m.lam.history + 2) * b.lam.batch_size, progress=cfg.progress)
+        metrics["lam"] = logs
+        metrics["lam_params"] = sum(p.numel() for p in lam.parameters())
+
+    dynamics = DynamicsModel(m.dynamics).to(device)
+    metrics["dynamics_params"] = sum(p.numel() for p in dynamics.parameters())
+    print(f"dynamics model: {metrics['dynamics_params'] / 1e6:.2f}M parameters; bf16 autocast: {amp}")
+    if "dynamics" in cfg.stages:
+        sampler = WindowSampler(episodes, m.dynamics.context_frames, seed=cfg.seed + 3)
+        gen = torch.Generator(device).manual_seed(cfg.seed + 4)
+        loss_fn = dynamics_loss_fn(sampler, b.dynamics.batch_size, device, tokenizer, moving_weight=cfg.moving_weight,
+                                   generator=gen)
+        dynamics, logs = run_stage("dynamics", dynamics, loss_fn, b.dynamics, out / "dynamics", sampler.rng,
+                                   device=device, amp=amp,
+                                   frames_per_step=m.dynamics.context_frames * b.dynamics.batch_size,
+                                   progress=cfg.progress)
+        metrics["dynamics"] = logs
+
+    frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
+    bundle = ModelBundle(
+        game=spec.name, action_meanings=list(spec.action_meanings), keymap=dict(spec.keymap),
+        key_aliases=dict(spec.key_aliases), fps=spec.fps, conditioning="actions", tokenizer_config=m.tokenizer,
+        dynamics_config=m.dynamics, sampler=m.sampler, tokenizer=tokenizer, dynamics=dynamics.float(),
+        start_frames=frames, start_actions=actions, lam_config=m.lam if lam is not None else None,
+        lam=lam.float() if lam is not None else None,
+        info={"command": " ".join(sys.argv), "preset": cfg.preset, "dataset": metrics["dataset"]})
+
+    if "evaluate" in cfg.stages:
+        bundle.eval()
+        print("evaluating on held-out episodes ...")
+        metrics["teacher_forced"] = teacher_forced(bundle, held_eps, windows=b.eval_windows, seed=cfg.seed)
+        if cfg.game == "pong":
+            metrics["paddle_control"] = paddle_control(bundle, seed=cfg.seed)
+        horizon = min(32, min(len(e.frames) for e in held_eps) - m.dynamics.context_frames)
+        if horizon >= 1:
+            metrics["video"] = str(write_video(bundle, held_eps, out / "real_vs_dream.gif", horizon=horizon,
+                                               windows=min(4, b.eval_windows), seed=cfg.seed))
+    metrics["wall_minutes"] = (time.time() - t_start) / 60
+    bundle.info["metrics"] = {k: metrics[k] for k in ("teacher_forced", "paddle_control") if k in metrics}
+    bundle.save(out / "bundle")
+    if cfg.export:
+        bundle.save(cfg.export)
+        print(f"exported the bundle to {cfg.export}")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(json.dumps({k: metrics[k] for k in ("teacher_forced", "paddle_control", "wall_minutes") if k in metrics},
+                     indent=2, default=str))
+    return metrics
+
+
+def main() -> None:
+    """Hydra entry point (see the module docstring)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    @hydra.main(config_path="conf", config_name="pipeline", version_base=None)
+    def _main(cfg) -> None:
+        try:
+            run(build_config(OmegaConf.to_container(cfg, resolve=True)))
+        except (ValueError, DatasetError) as e:
+            sys.exit(f"error: {e}")
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Checkpoint bundles: safetensors weights + a JSON config + the game's action and key maps.
+
+A bundle is a directory::
+
+    pong/
+      config.json               # game, actions, key map, model configs, sampler, metrics
+      dynamics.safetensors      # the dynamics model (with reward and end heads)
+      tokenizer.safetensors     # only for a learned (conv) tokenizer
+      lam.safetensors           # the latent-action model, when trained
+      start_frames.safetensors  # real start windows: frames (K, T, H, W, 3) uint8, actions (K, T-1) int64
+
+No pickles anywhere: loading a bundle runs no code from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from envs.games import GameSpec
+from worldmodel.config import DynamicsConfig, LAMConfig, SamplerConfig, TokenizerConfig, to_dict
+from worldmodel.dynamics import DynamicsModel
+from worldmodel.lam import LatentActionModel
+from worldmodel.tokenizer import build_tokenizer
+
+BUNDLE_FORMAT = "dreamgame-bundle"
+BUNDLE_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+"""Where the shipped bundles live; ``load("pong")`` reads ``SHIPPED_DIR / "pong"``."""
+
+
+class CheckpointError(ValueError):
+    """A bundle is missing, incomplete or corrupt."""
+
+
+@dataclass
+class ModelBundle:
+    """Everything a dream needs: models, configs, the game's actions and start frames.
+
+    Attributes:
+        game: game name (``"pong"``).
+        action_meanings: one name per action the dynamics model is conditioned on.
+        keymap: key chord -> action (see :class:`envs.games.GameSpec`).
+        key_aliases: physical key -> logical key.
+        fps: frames per second the dream is shown at.
+        conditioning: ``"actions"`` (real actions) or ``"latent"`` (LAM codes).
+        tokenizer, dynamics, lam: the models (``lam`` may be None).
+        tokenizer_config, dynamics_config, lam_config, sampler: their configs.
+        start_frames: ``(K, T, H, W, 3) uint8`` real windows to start dreams from.
+        start_actions: ``(K, T-1) int64`` the actions taken between those frames.
+        info: free-form metadata (training command, metrics).
+    """
+
+    game: str
+    action_meanings: list[str]
+    keymap: dict[str, int]
+    key_aliases: dict[str, str]
+    fps: int
+    conditioning: str
+    tokenizer_config: TokenizerConfig
+    dynamics_config: DynamicsConfig
+    sampler: SamplerConfig
+    tokenizer: torch.nn.Module
+    dynamics: DynamicsModel
+    start_frames: torch.Tensor
+    start_actions: torch.Tensor
+    lam_config: LAMConfig | None = None
+    lam: LatentActionModel | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_meanings)
+
+    @property
+    def game_spec(self) -> GameSpec:
+        """A :class:`GameSpec` view of the bundle's game (key map, actions, fps)."""
+        return GameSpec(name=self.game, env_id=f"worldmodel/Dream{self.game.capitalize()}-v0",
+                        action_meanings=tuple(self.action_meanings), keymap=dict(self.keymap),
+                        key_aliases=dict(self.key_aliases), fps=self.fps)
+
+    def to(self, device) -> "ModelBundle":
+        for m in (self.tokenizer, self.dynamics, self.lam):
+            if m is not None:
+                m.to(device)
+        return self
+
+    def eval(self) -> "ModelBundle":
+        for m in (self.tokenizer, self.dynamics, self.lam):
+            if m is not None:
+                m.eval()
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle directory (created if needed) and return its path."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = dict(
+            format=BUNDLE_FORMAT, version=BUNDLE_VERSION, game=self.game, action_meanings=list(self.action_meanings),
+            keymap=self.keymap, key_aliases=self.key_aliases, fps=self.fps, conditioning=self.conditioning,
+            tokenizer=to_dict(self.tokenizer_config), dynamics=to_dict(self.dynamics_config),
+            sampler=to_dict(self.sampler), lam=to_dict(self.lam_config) if self.lam_config else None, info=self.info)
+        save_file(_contiguous(self.dynamics.state_dict()), path / "dynamics.safetensors")
+        if any(True for _ in self.tokenizer.parameters()):
+            save_file(_contiguous(self.tokenizer.state_dict()), path / "tokenizer.safetensors")
+        if self.lam is not None:
+            save_file(_contiguous(self.lam.state_dict()), path / "lam.safetensors")
+        save_file({"frames": self.start_frames.contiguous(), "actions": self.start_actions.contiguous()},
+                  path / "start_frames.safetensors")
+        (path / "config.json").write_text(json.dumps(config, indent=2))
+        return path
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A shipped bundle's name (``"pong"``) or a bundle directory -> its path.
+
+    Raises:
+        CheckpointError: neither a shipped name nor an existing directory.
+    """
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    shipped = SHIPPED_DIR / str(name_or_path)
+    if "/" not in str(name_or_path) and shipped.is_dir():
+        return shipped
+    names = sorted(d.name for d in SHIPPED_DIR.iterdir() if d.is_dir()) if SHIPPED_DIR.is_dir() else []
+    raise CheckpointError(f"no checkpoint {str(name_or_path)!r}: not a directory, and not a shipped name "
+                          f"(shipped: {names})")
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing from the bundle")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt weights ({e})") from None
+
+
+def _load_state(module: torch.nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(_load_weights(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the config ({first})") from None
+
+
+def available() -> list[str]:
+    """Names of the shipped bundles."""
+    return sorted(d.name for d in SHIPPED_DIR.iterdir() if (d / "config.json").exists()) if SHIPPED_DIR.is_dir() else []
+
+
+def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a checkpoint bundle.
+
+    Args:
+        name_or_path: a shipped name (``"pong"``) or a bundle directory.
+        device: where to put the models.
+
+    Returns:
+        The :class:`ModelBundle`, in eval mode.
+
+    Raises:
+        CheckpointError: missing directory or file, unreadable config, corrupt weights,
+            weights that do not fit the config.
+    """
+    path = resolve(name_or_path)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no config.json, not a checkpoint bundle") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / 'config.json'}: corrupt ({e})") from None
+    if cfg.get("format") != BUNDLE_FORMAT or cfg.get("version") != BUNDLE_VERSION:
+        raise CheckpointError(f"{path}: format {cfg.get('format')!r} v{cfg.get('version')!r} is not "
+                              f"{BUNDLE_FORMAT!r} v{BUNDLE_VERSION}")
+    try:
+        tok_cfg = TokenizerConfig(**cfg["tokenizer"])
+        dyn_cfg = DynamicsConfig(**cfg["dynamics"])
+        lam_cfg = LAMConfig(**cfg["lam"]) if cfg.get("lam") else None
+        sampler = SamplerConfig(**cfg.get("sampler", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
+    tokenizer = build_tokenizer(tok_cfg)
+    if tok_cfg.kind != "patch":
+        _load_state(tokenizer, path / "tokenizer.safetensors")
+    dynamics = DynamicsModel(dyn_cfg)
+    _load_state(dynamics, path / "dynamics.safetensors")
+    lam = None
+    if lam_cfg is not None and (path / "lam.safetensors").exists():
+        lam = LatentActionModel(lam_cfg)
+        _load_state(lam, path / "lam.safetensors")
+    starts = _load_weights(path / "start_frames.safetensors")
+    bundle = ModelBundle(
+        game=cfg["game"], action_meanings=list(cfg["action_meanings"]), keymap=dict(cfg["keymap"]),
+        key_aliases=dict(cfg.get("key_aliases", {})), fps=int(cfg.get("fps", 15)),
+        conditioning=cfg.get("conditioning", "actions"), tokenizer_config=tok_cfg, dynamics_config=dyn_cfg,
+        sampler=sampler, tokenizer=tokenizer, dynamics=dynamics, start_frames=starts["frames"],
+        start_actions=starts["actions"], lam_config=lam_cfg, lam=lam, info=cfg.get("info", {}))
+    return bundle.to(device).eval()

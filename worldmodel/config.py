@@ -1,0 +1,190 @@
+"""Typed configuration of every model, and the named size presets.
+
+``tiny`` trains in seconds for tests, ``cpu`` is the size of the shipped checkpoints
+(trained on 2 CPU cores), ``gpu`` is for scale. The same names serve the Hydra configs
+and the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass
+class TokenizerConfig:
+    """Frames <-> latent tokens.
+
+    Attributes:
+        kind: ``"patch"`` (plain patchify of pixels, lossless, nothing to train) or
+            ``"conv"`` (a convolutional autoencoder, 8x spatial down-sampling).
+        frame_size: input frame height and width in pixels.
+        patch_size: patch side for ``patch`` (tokens per frame = (frame_size / patch_size)^2).
+        latent_channels: channels of the latent grid for ``conv``.
+        hidden_channels: widths of the ``conv`` encoder's stages (the decoder mirrors them).
+    """
+
+    kind: str = "patch"
+    frame_size: int = 64
+    patch_size: int = 8
+    latent_channels: int = 16
+    hidden_channels: tuple[int, ...] = (32, 64, 128)
+
+    def __post_init__(self):
+        if self.kind not in ("patch", "conv"):
+            raise ValueError(f"tokenizer kind must be 'patch' or 'conv', got {self.kind!r}")
+        self.hidden_channels = tuple(self.hidden_channels)
+        if self.frame_size % self.downsample:
+            raise ValueError(f"frame_size {self.frame_size} is not a multiple of {self.downsample}")
+
+    @property
+    def downsample(self) -> int:
+        return self.patch_size if self.kind == "patch" else 2 ** len(self.hidden_channels)
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side of a frame."""
+        return self.frame_size // self.downsample
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid ** 2
+
+    @property
+    def token_dim(self) -> int:
+        return 3 * self.patch_size ** 2 if self.kind == "patch" else self.latent_channels
+
+
+@dataclass
+class LAMConfig:
+    """Genie-style latent-action model.
+
+    Attributes:
+        history: frames before ``x_t`` the encoder and decoder also see (momentum).
+        fsq_levels: levels per dimension of the finite scalar quantizer; the codebook size
+            is their product.
+        channels: conv widths of the encoder and decoder.
+        frame_size: frame height and width.
+    """
+
+    history: int = 2
+    fsq_levels: tuple[int, ...] = (3, 3)
+    channels: tuple[int, ...] = (32, 64, 128, 128)
+    frame_size: int = 64
+
+    def __post_init__(self):
+        self.fsq_levels = tuple(self.fsq_levels)
+        self.channels = tuple(self.channels)
+
+    @property
+    def num_codes(self) -> int:
+        n = 1
+        for level in self.fsq_levels:
+            n *= level
+        return n
+
+
+@dataclass
+class DynamicsConfig:
+    """Action-conditioned diffusion-forcing transformer over frame tokens.
+
+    Attributes:
+        width: model width D.
+        depth: transformer blocks.
+        heads: attention heads (``width`` must divide by it).
+        mlp_ratio: hidden width of the MLP over D.
+        context_frames: frames the model attends over, the new one included; training
+            windows and the runtime's KV cache use this same window.
+        num_actions: conditioning vocabulary (real actions or latent codes); one more index
+            is reserved for "no action" (an episode's first frame).
+        token_dim: size of one input token (from the tokenizer).
+        tokens_per_frame: tokens per frame (from the tokenizer).
+        rope_base: base of the rotary embedding over frame indices.
+    """
+
+    width: int = 192
+    depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    context_frames: int = 8
+    num_actions: int = 6
+    token_dim: int = 192
+    tokens_per_frame: int = 64
+    rope_base: float = 10_000.0
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if (self.width // self.heads) % 2:
+            raise ValueError(f"head dimension {self.width // self.heads} must be even for rotary embeddings")
+        if self.context_frames < 2:
+            raise ValueError(f"context_frames must be >= 2, got {self.context_frames}")
+
+
+@dataclass
+class SamplerConfig:
+    """How a new frame is denoised at inference.
+
+    Attributes:
+        steps: denoising steps per frame.
+        context_noise: noise level the finished frame is written into the KV cache with
+            (0 = clean; a little noise makes long rollouts more robust, Diffusion Forcing).
+    """
+
+    steps: int = 4
+    context_noise: float = 0.0
+
+
+@dataclass
+class ModelPreset:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    lam: LAMConfig = field(default_factory=LAMConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        tokenizer=TokenizerConfig(kind="patch", patch_size=8, hidden_channels=(8, 16, 16), latent_channels=4),
+        lam=LAMConfig(history=1, channels=(8, 16, 16, 16)),
+        dynamics=DynamicsConfig(width=64, depth=2, heads=2, context_frames=4),
+        sampler=SamplerConfig(steps=2),
+    ),
+    "cpu": ModelPreset(),
+    "gpu": ModelPreset(
+        tokenizer=TokenizerConfig(kind="patch", patch_size=8),
+        lam=LAMConfig(channels=(64, 128, 256, 256)),
+        dynamics=DynamicsConfig(width=512, depth=12, heads=8, context_frames=16),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    """A fresh copy of a named preset.
+
+    Raises:
+        ValueError: unknown preset name (the message lists the known ones).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return ModelPreset(*(replace(getattr(p, f.name)) for f in fields(p)))
+
+
+def update_dataclass(obj, overrides: dict | None, *, where: str):
+    """Return a copy of dataclass ``obj`` with ``overrides`` applied.
+
+    Raises:
+        ValueError: an override names a field the dataclass does not have.
+    """
+    if not overrides:
+        return replace(obj)
+    names = {f.name for f in fields(obj)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown {where} setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    return replace(obj, **overrides)
+
+
+def to_dict(obj) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}

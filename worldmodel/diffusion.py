@@ -1,0 +1,77 @@
+"""Diffusion maths: the noise schedule, diffusion-forcing noise levels, and the sampler.
+
+The forward process is the linear (rectified-flow / flow-matching) interpolation
+
+    x_s = (1 - s) * x_0 + s * eps,    eps ~ N(0, I),    s in [0, 1]
+
+(Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al. 2023,
+"Rectified Flow"), where ``s`` is the noise level: 0 is the clean frame, 1 pure noise.
+The network predicts the clean frame ``x_0`` (x0-prediction), which at this scale trains
+where eps- and v-prediction stayed noise.
+
+Diffusion forcing (Chen et al. 2024, "Diffusion Forcing: Next-token Prediction Meets
+Full-Sequence Diffusion"): every frame of a training window gets its own independent
+noise level, so one causal model learns to denoise a frame given a past at any noise level.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def add_noise(x0: torch.Tensor, noise_levels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Noise clean tokens to per-frame levels.
+
+    Args:
+        x0: ``(B, T, N, D)`` clean tokens.
+        noise_levels: ``(B, T)`` levels in [0, 1].
+        eps: ``(B, T, N, D)`` standard normal noise.
+
+    Returns:
+        ``(B, T, N, D)`` noisy tokens ``(1 - s) x0 + s eps``.
+    """
+    s = noise_levels[..., None, None]
+    return (1.0 - s) * x0 + s * eps
+
+
+def sample_noise_levels(batch: int, frames: int, *, context_prob: float = 0.5, context_max: float = 0.1,
+                        generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Independent per-frame noise levels for diffusion-forcing training.
+
+    Each frame independently is, with probability ``context_prob``, "context-like"
+    (``s ~ U(0, context_max)``, as the clean or lightly noised past is at inference) and
+    otherwise ``s ~ U(0, 1)``. Biasing towards low levels puts most frames' past in the
+    regime the KV-cached sampler uses, while every (past, present) level pair still occurs.
+
+    Returns:
+        ``(batch, frames)`` float32 levels in [0, 1].
+    """
+    u = torch.rand(batch, frames, generator=generator, device=device)
+    ctx = torch.rand(batch, frames, generator=generator, device=device) < context_prob
+    return torch.where(ctx, u * context_max, u)
+
+
+def sampling_schedule(steps: int) -> list[float]:
+    """Noise levels visited by the sampler: ``steps + 1`` values from 1 down to 0.
+
+    Raises:
+        ValueError: ``steps < 1``.
+    """
+    if steps < 1:
+        raise ValueError(f"sampling steps must be >= 1, got {steps}")
+    return [1.0 - i / steps for i in range(steps + 1)]
+
+
+def euler_step(x_s: torch.Tensor, x0_hat: torch.Tensor, s: float, s_next: float) -> torch.Tensor:
+    """One deterministic step of the probability-flow ODE, from level ``s`` to ``s_next``.
+
+    With the linear path the ODE's velocity is ``(x_s - x0_hat) / s``, so an Euler step is
+    ``x_{s'} = x0_hat + (s' / s) (x_s - x0_hat)``: the DDIM update (Song et al. 2021,
+    "Denoising Diffusion Implicit Models", eq. 12 with eta = 0) for this schedule.
+
+    Args:
+        x_s: ``(..., D)`` tokens at level ``s > 0``.
+        x0_hat: the model's clean-frame prediction, same shape.
+        s, s_next: current and next levels, ``1 >= s > s_next >= 0``.
+    """
+    return x0_hat + (s_next / s) * (x_s - x0_hat)

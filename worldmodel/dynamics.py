@@ -1,0 +1,240 @@
+"""The dynamics model: an action-conditioned, block-causal diffusion transformer over frame tokens.
+
+Frame ``j`` of a sequence is conditioned, through adaptive layer norm (DiT's adaLN-Zero,
+Peebles & Xie 2023), on its own noise level and on the action that produced it,
+``a_{j-1}``. Its tokens attend to their own frame and to every earlier frame (block-causal
+attention); the frame index enters as a rotary embedding (Su et al. 2021, RoFormer), so a
+rolling KV cache with absolute indices stays correct however long the rollout.
+
+Reward and end heads read the frame's pooled features and predict ``r_{j-1}`` (as its
+sign, -1/0/+1) and ``terminated_{j-1}``, the reward and end flag of the same transition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from worldmodel.config import DynamicsConfig
+from worldmodel.kv_cache import KVCache
+
+REWARD_CLASSES = (-1.0, 0.0, 1.0)
+"""The reward head classifies the reward's sign (as IRIS and DIAMOND do for Atari)."""
+
+
+@dataclass
+class DynamicsOutput:
+    """What one forward pass returns for ``F`` frames.
+
+    Attributes:
+        x0: ``(B, F, N, D)`` predicted clean tokens.
+        reward_logits: ``(B, F, 3)`` logits over :data:`REWARD_CLASSES`.
+        end_logits: ``(B, F)`` logit of ``terminated``.
+    """
+
+    x0: torch.Tensor
+    reward_logits: torch.Tensor
+    end_logits: torch.Tensor
+
+
+class NoiseLevelEmbedder(nn.Module):
+    """Sinusoidal features of the noise level, then an MLP (DiT's ``TimestepEmbedder``)."""
+
+    def __init__(self, width: int, freq_dim: int = 128):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """``s (...)`` in [0, 1] -> ``(..., width)``."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=s.device, dtype=torch.float32) / half)
+        angles = (s.float() * 1000.0)[..., None] * freqs
+        return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(B, 1, L, head_dim)`` for per-token frame indices ``positions (B, L)``."""
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv                      # (B, L, Dh/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]            # (B, 1, L, Dh)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x (B, H, L, Dh)`` by the tables (the rotate-half form of RoPE)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention, block-causal over frames, with an optional KV cache."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+                cache: KVCache | None, layer: int, write: bool) -> torch.Tensor:
+        """``x (B, L, D)`` -> ``(B, L, D)``; ``mask (B or 1, 1, L, S + L)`` bool, True = attend."""
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k_all = torch.cat([cache.k[layer], k], dim=2)
+            v_all = torch.cat([cache.v[layer], v], dim=2)
+            if write:
+                cache.write(layer, k, v)
+        else:
+            k_all, v_all = k, v
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        return self.proj(rearrange(y, "b h l d -> b l (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: float):
+        super().__init__()
+        hidden = int(width * ratio)
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x (B, F, N, D)`` with per-frame ``shift, scale (B, F, 1, D)``."""
+    return x * (1 + scale) + shift
+
+
+class Block(nn.Module):
+    """A transformer block with adaLN-Zero conditioning per frame (DiT)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = CausalSelfAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope, mask, cache: KVCache | None, layer: int,
+                write: bool) -> torch.Tensor:
+        """``x (B, F, N, D)``, ``c (B, F, D)`` -> ``(B, F, N, D)``."""
+        b, f, n, d = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1).reshape(b, f * n, d)
+        x = x + gate1 * self.attn(h, rope, mask, cache, layer, write).reshape(b, f, n, d)
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN then a linear map back to token space (DiT's ``FinalLayer``)."""
+
+    def __init__(self, width: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def block_causal_mask(frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+    """``(F*N, F*N)`` bool: token i may attend token j iff j's frame <= i's frame."""
+    frame = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
+    return frame[None, :] <= frame[:, None]
+
+
+class DynamicsModel(nn.Module):
+    """Diffusion-forcing video transformer conditioned on actions (real or latent codes).
+
+    Args:
+        cfg: sizes; ``cfg.num_actions`` is the conditioning vocabulary, index
+            ``cfg.num_actions`` is "no action".
+    """
+
+    def __init__(self, cfg: DynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.in_proj = nn.Linear(cfg.token_dim, d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, 1, cfg.tokens_per_frame, d))
+        self.noise_emb = NoiseLevelEmbedder(d)
+        self.action_emb = nn.Embedding(cfg.num_actions + 1, d)
+        self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.final = FinalLayer(d, cfg.token_dim)
+        self.head_norm = nn.LayerNorm(d)
+        self.reward_head = nn.Linear(d, len(REWARD_CLASSES))
+        self.end_head = nn.Linear(d, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        nn.init.normal_(self.action_emb.weight, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: every residual branch starts closed
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+        nn.init.zeros_(self.final.ada[-1].weight)
+        nn.init.zeros_(self.final.ada[-1].bias)
+
+    @property
+    def head_dim(self) -> int:
+        return self.cfg.width // self.cfg.heads
+
+    def new_cache(self, batch: int, *, device=None, dtype=torch.float32) -> KVCache:
+        """An empty KV cache holding ``context_frames - 1`` past frames."""
+        return KVCache(depth=self.cfg.depth, batch=batch, heads=self.cfg.heads, slots=self.cfg.context_frames - 1,
+                       tokens_per_frame=self.cfg.tokens_per_frame, head_dim=self.head_dim, device=device, dtype=dtype)
+
+    def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Per-frame conditioning ``(B, F, D)``; ``actions`` < 0 mean "no action"."""
+        null = torch.full_like(actions, self.cfg.num_actions)
+        return self.noise_emb(noise_levels) + self.action_emb(torch.where(actions < 0, null, actions))
+
+    def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
+                positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                write: bool = False) -> DynamicsOutput:
+        """Denoise ``F`` frames given (optionally) the cached past.
+
+        Args:
+            tokens: ``(B, F, N, D_tok)`` noisy tokens.
+            noise_levels: ``(B, F)`` noise level of each frame, in [0, 1].
+            actions: ``(B, F)`` int64, the action that produced each frame (-1: none).
+            positions: ``(B, F)`` absolute frame indices (default ``0..F-1``).
+            cache: past frames' keys and values; the new frames attend to all valid ones.
+            write: store the new frames' keys and values in ``cache`` (the newest
+                ``context_frames - 1`` of them) and advance it.
+
+        Returns:
+            :class:`DynamicsOutput` for the ``F`` frames.
+        """
+        b, f, n, _ = tokens.shape
+        if positions is None:
+            positions = torch.arange(f, device=tokens.device).expand(b, f)
+        c = self.condition(noise_levels, actions)                                   # (B, F, D)
+        x = self.in_proj(tokens) + self.pos_emb                                     # (B, F, N, D)
+        rope = rotary_tables(positions.repeat_interleave(n, dim=1), self.head_dim, self.cfg.rope_base)
+        mask = block_causal_mask(f, n, tokens.device)[None, None]                   # (1, 1, L, L)
+        if cache is not None:
+            past = cache.token_mask()[:, None, None, :].expand(b, 1, f * n, -1)     # (B, 1, L, S)
+            mask = torch.cat([past, mask.expand(b, 1, -1, -1)], dim=-1)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, c, rope, mask, cache, i, write)
+        if cache is not None and write:
+            cache.commit(positions)
+        pooled = self.head_norm(x.mean(dim=2))                                      # (B, F, D)
+        return DynamicsOutput(x0=self.final(x, c), reward_logits=self.reward_head(pooled),
+                              end_logits=self.end_head(pooled).squeeze(-1))
