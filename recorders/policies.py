@@ -163,7 +163,7 @@ class KeyboardPolicy:
         import pygame
 
         self.pygame, self.spec, self.scale = pygame, spec, scale
-        pygame.init()
+        pygame.display.init()
         self.screen = None
         self.held: set[str] = set()
         self.clock = pygame.time.Clock()

@@ -1,0 +1,40 @@
+"""``python -m play key=value ...``: play a dream in a pygame window (Hydra entry point).
+
+Examples::
+
+    python -m play                                   # the shipped Pong dream, 8x window
+    python -m play checkpoint=runs/pong-cpu/bundle scale=6
+    python -m play headless=true steps=40 screenshot=docs/pygame.png
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="play", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    from play.pygame_app import PygameApp, WindowConfig
+    from play.session import PlaySession
+    from worldmodel import CheckpointError, load
+
+    try:
+        model = load(cfg.checkpoint, device=cfg.device)
+        session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+        app = PygameApp(session, WindowConfig(scale=cfg.scale, fps=cfg.fps, headless=cfg.headless, steps=cfg.steps,
+                                              keys=cfg["keys"], save_frames=cfg.save_frames, screenshot=cfg.screenshot))
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    played = app.run()
+    print(f"played {played} steps at {session.fps:.1f} frames/s (median step {session.latency_ms:.1f} ms)")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

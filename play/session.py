@@ -1,0 +1,113 @@
+"""A play session: one dream driven by one player, independent of any window or socket.
+
+The pygame window and the websocket server are thin shells around :class:`PlaySession`:
+they turn keys into actions, call :meth:`PlaySession.step` on a fixed tick and show the
+frame it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from worldmodel.bundle import ModelBundle
+from worldmodel.simulator import Simulator
+
+
+@dataclass
+class StepResult:
+    """One dream frame and what came with it.
+
+    Attributes:
+        frame: ``(H, W, 3)`` uint8.
+        reward: predicted reward (its sign) of the step.
+        terminated: the end head's verdict.
+        latency_ms: wall time of the step (generation and decoding), in milliseconds.
+    """
+
+    frame: np.ndarray
+    reward: float
+    terminated: bool
+    latency_ms: float
+
+
+class PlaySession:
+    """One dream being played.
+
+    Args:
+        model: the loaded checkpoint bundle.
+        seed: seeds the choice of start windows and the sampling noise.
+        sampling_steps: denoising steps per frame (default: the bundle's).
+        backend: Simulator backend.
+
+    Attributes:
+        step_count: steps since the last reset.
+        score: sum of predicted rewards since the last reset.
+    """
+
+    def __init__(self, model: ModelBundle, *, seed: int = 0, sampling_steps: int | None = None,
+                 backend: str = "auto"):
+        self.model = model
+        self.spec = model.game_spec
+        self.rng = np.random.default_rng(seed)
+        self.sim = Simulator(model, batch_size=1, backend=backend, seed=seed, sampling_steps=sampling_steps)
+        self._latencies: deque[float] = deque(maxlen=60)
+        self._ticks: deque[float] = deque(maxlen=60)
+        self.step_count = 0
+        self.score = 0.0
+        self.frame = self.reset()
+
+    def reset(self, start: int | None = None) -> np.ndarray:
+        """Restart the dream from a real start window (random unless ``start`` is given).
+
+        Returns:
+            ``(H, W, 3)`` uint8, the last real frame of the window.
+
+        Raises:
+            IndexError: ``start`` is not a valid start-window index.
+        """
+        k = len(self.model.start_frames)
+        if start is None:
+            start = int(self.rng.integers(k))
+        elif not 0 <= start < k:
+            raise IndexError(f"start window {start} out of range [0, {k})")
+        frames = self.model.start_frames[start:start + 1].numpy()
+        actions = self.model.start_actions[start:start + 1].numpy()
+        self.frame = self.sim.reset(frames, actions)[0]
+        self.step_count, self.score = 0, 0.0
+        return self.frame
+
+    def action_for_keys(self, held: set[str]) -> int:
+        """The game's action for the held key names (the bundle's key map)."""
+        return self.spec.action_for_keys(held)
+
+    def step(self, action: int) -> StepResult:
+        """Advance the dream by one frame with ``action``.
+
+        Raises:
+            ValueError: the action is out of range.
+        """
+        t0 = time.perf_counter()
+        frames, rewards, terminated = self.sim.step(np.array([action], np.int64))
+        now = time.perf_counter()
+        self._latencies.append((now - t0) * 1000)
+        self._ticks.append(now)
+        self.frame = frames[0]
+        self.step_count += 1
+        self.score += float(rewards[0])
+        return StepResult(self.frame, float(rewards[0]), bool(terminated[0]), self._latencies[-1])
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the last 60 steps (0 before two steps)."""
+        if len(self._ticks) < 2:
+            return 0.0
+        return (len(self._ticks) - 1) / max(self._ticks[-1] - self._ticks[0], 1e-9)
+
+    @property
+    def latency_ms(self) -> float:
+        """Median step latency over the last 60 steps, in milliseconds."""
+        return float(np.median(self._latencies)) if self._latencies else 0.0

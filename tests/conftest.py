@@ -1,0 +1,119 @@
+"""Shared fixtures: real Pong frames, a tiny random-weight model bundle, a tiny real dataset.
+
+Everything is small (tiny preset, episodes of a few dozen steps) and written under pytest's
+temporary directories, so the whole suite runs in seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+RECORD_SEED = 7
+
+
+def perturb_(module: torch.nn.Module, *, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Add small Gaussian noise to every parameter, in place.
+
+    A freshly initialised DynamicsModel has its adaLN-Zero gates (and the final layer's
+    modulation) at exactly zero, so every residual branch is closed and neither attention
+    nor the action can influence the output; perturbing opens them.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def real_pong_frames(steps: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Play real Pong with random actions: ``frames (steps+1, 64, 64, 3) uint8``, ``actions (steps,) int64``."""
+    import envs
+
+    env = envs.make("pong")
+    try:
+        obs, _ = env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        frames, actions = [obs], []
+        for _ in range(steps):
+            a = int(rng.integers(env.action_space.n))
+            obs, _, term, trunc, _ = env.step(a)
+            frames.append(obs)
+            actions.append(a)
+            assert not (term or trunc)
+    finally:
+        env.close()
+    return np.stack(frames), np.asarray(actions, np.int64)
+
+
+def record_pong(out: Path, *, episodes: int = 2, max_steps: int = 30, seed: int = RECORD_SEED):
+    """Record real Pong episodes with the project's recorder; returns the DatasetWriter."""
+    from recorders.collect import RecordConfig, record
+
+    cfg = RecordConfig(game="pong", out=str(out), episodes=episodes, max_steps=max_steps, num_envs=1,
+                       vector="sync", policy="random", seed=seed)
+    return record(cfg, progress=False)
+
+
+def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, seed: int = 0):
+    """A ModelBundle of the ``tiny`` preset for Pong, random (perturbed) weights, assembled as
+    ``training.pipeline.run`` assembles it."""
+    from envs.games import get_game
+    from worldmodel.bundle import ModelBundle
+    from worldmodel.config import get_preset, update_dataclass
+    from worldmodel.dynamics import DynamicsModel
+    from worldmodel.tokenizer import build_tokenizer
+
+    spec = get_game("pong")
+    m = get_preset("tiny")
+    m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
+                                                   tokens_per_frame=m.tokenizer.tokens_per_frame),
+                                  where="model.dynamics")
+    torch.manual_seed(seed)
+    dynamics = perturb_(DynamicsModel(m.dynamics), seed=seed)
+    bundle = ModelBundle(
+        game=spec.name, action_meanings=list(spec.action_meanings), keymap=dict(spec.keymap),
+        key_aliases=dict(spec.key_aliases), fps=spec.fps, conditioning="actions", tokenizer_config=m.tokenizer,
+        dynamics_config=m.dynamics, sampler=m.sampler, tokenizer=build_tokenizer(m.tokenizer), dynamics=dynamics,
+        start_frames=torch.as_tensor(start_frames), start_actions=torch.as_tensor(start_actions),
+        info={"preset": "tiny", "test": True})
+    return bundle.eval()
+
+
+@pytest.fixture(scope="session")
+def pong_trajectory() -> tuple[np.ndarray, np.ndarray]:
+    """A short real Pong trajectory: frames (13, 64, 64, 3) uint8 and actions (12,) int64."""
+    return real_pong_frames(12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(pong_trajectory):
+    """Tiny-preset Pong bundle with random weights and K=2 real start windows."""
+    from worldmodel.config import get_preset
+
+    frames, actions = pong_trajectory
+    ctx = get_preset("tiny").dynamics.context_frames
+    t = ctx - 1
+    starts = [2, 6]
+    start_frames = np.stack([frames[s:s + t] for s in starts])                 # (K, ctx-1, 64, 64, 3)
+    start_actions = np.stack([actions[s:s + t - 1] for s in starts])           # (K, ctx-2)
+    assert start_frames.shape == (2, ctx - 1, 64, 64, 3) and start_frames.dtype == np.uint8
+    assert start_actions.shape == (2, ctx - 2) and start_actions.dtype == np.int64
+    return make_tiny_bundle(start_frames, start_actions)
+
+
+@pytest.fixture(scope="session")
+def pong_dataset(tmp_path_factory) -> Path:
+    """A real Pong dataset of 2 episodes of at most 30 steps (random policy). Read-only for tests."""
+    root = tmp_path_factory.mktemp("pong_dataset") / "pong"
+    writer = record_pong(root, episodes=2, max_steps=30)
+    assert writer.episodes_written == 2
+    return root
