@@ -45,6 +45,7 @@ import numpy as np
 
 FORMAT_NAME = "dreamgame-dataset"
 FORMAT_VERSION = 1
+REQUIRED_METADATA = ("game", "frame_size", "action_meanings")
 NULL_ACTION = -1
 """Action value used for the (missing) action before an episode's first frame."""
 
@@ -198,11 +199,16 @@ def read_metadata(root: str | Path) -> dict:
         raise DatasetError(f"{root}: not a dataset (no metadata.json)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: corrupt metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
         raise DatasetError(f"{path}: format {meta.get('format')!r} v{meta.get('version')!r} is not "
                            f"{FORMAT_NAME!r} v{FORMAT_VERSION}")
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise DatasetError(f"{path}: metadata lacks {missing}")
     return meta
 
 
@@ -292,6 +298,8 @@ class WindowSampler:
     """
 
     def __init__(self, episodes: list[Episode], window: int, *, seed: int = 0):
+        if window < 1:
+            raise ValueError(f"window must be >= 1 frame, got {window}")
         self.window = window
         self.episodes = [e for e in episodes if len(e.frames) >= window]
         if not self.episodes:
@@ -315,9 +323,38 @@ class WindowSampler:
         actions[dst], rewards[dst], terminated[dst] = ep.actions[src], ep.rewards[src], ep.terminated[src]
         return dict(frames=frames, actions=actions, rewards=rewards, terminated=terminated)
 
+    def sample_one(self) -> dict[str, np.ndarray]:
+        """One random window; every start position of every episode is equally likely."""
+        e = int(self.rng.choice(len(self.episodes), p=self._p))
+        return self.window_at(e, int(self.rng.integers(self._n_starts[e])))
+
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of random windows: ``frames (B, W, H, W', 3) uint8``, ``actions (B, W) int64``,
         ``rewards (B, W) float32``, ``terminated (B, W) bool``."""
-        eps = self.rng.choice(len(self.episodes), size=batch_size, p=self._p)
-        items = [self.window_at(e, int(self.rng.integers(self._n_starts[e]))) for e in eps]
+        items = [self.sample_one() for _ in range(batch_size)]
         return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def window_dataset(root: str | Path, window: int, *, seed: int = 0):
+    """A PyTorch ``IterableDataset`` of random training windows from a dataset directory.
+
+    Each item is the dict of :meth:`WindowSampler.window_at` (NumPy arrays; the default
+    collate function stacks them into tensors). With several ``DataLoader`` workers, each
+    worker draws from its own generator (``seed + worker id``).
+
+    Raises:
+        DatasetError: as :class:`EpisodeDataset` and :class:`WindowSampler`.
+    """
+    import torch.utils.data as tud
+
+    ds = EpisodeDataset(root)
+    episodes = [ds[i] for i in range(len(ds))]
+
+    class _Windows(tud.IterableDataset):
+        def __iter__(self):
+            info = tud.get_worker_info()
+            sampler = WindowSampler(episodes, window, seed=seed + (info.id if info else 0))
+            while True:
+                yield sampler.sample_one()
+
+    return _Windows()

@@ -158,6 +158,7 @@ def run(cfg: PipelineConfig) -> dict:
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
     amp = _amp(cfg.amp, device)
+    conv_amp = amp and device.type == "cuda"  # bf16 convolutions are slower than fp32 on CPUs (measured)
     spec = get_game(cfg.game)
     train, held = ensure_datasets(cfg)
     episodes = [train[i] for i in range(len(train))]
@@ -176,7 +177,7 @@ def run(cfg: PipelineConfig) -> dict:
         sampler = WindowSampler(episodes, 2, seed=cfg.seed + 1)
         tokenizer, logs = run_stage("tokenizer", tokenizer, tokenizer_loss_fn(sampler, b.tokenizer.batch_size, device,
                                                                               cfg.moving_weight),
-                                    b.tokenizer, out / "tokenizer", sampler.rng, device=device, amp=amp,
+                                    b.tokenizer, out / "tokenizer", sampler.rng, device=device, amp=conv_amp,
                                     frames_per_step=2 * b.tokenizer.batch_size, progress=cfg.progress)
         metrics["tokenizer"] = logs
     tokenizer.requires_grad_(False).eval()
@@ -187,7 +188,7 @@ def run(cfg: PipelineConfig) -> dict:
         lam = LatentActionModel(m.lam).to(device)
         sampler = WindowSampler(episodes, m.lam.history + 2, seed=cfg.seed + 2)
         lam, logs = run_stage("lam", lam, lam_loss_fn(sampler, b.lam.batch_size, device, cfg.moving_weight), b.lam,
-                              out / "lam", sampler.rng, device=device, amp=amp,
+                              out / "lam", sampler.rng, device=device, amp=conv_amp,
                               frames_per_step=(m.lam.history + 2) * b.lam.batch_size, progress=cfg.progress)
         metrics["lam"] = logs
         metrics["lam_params"] = sum(p.numel() for p in lam.parameters())

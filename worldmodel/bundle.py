@@ -99,12 +99,13 @@ class ModelBundle:
     def save(self, path: str | Path) -> Path:
         """Write the bundle directory (created if needed) and return its path."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         config = dict(
             format=BUNDLE_FORMAT, version=BUNDLE_VERSION, game=self.game, action_meanings=list(self.action_meanings),
             keymap=self.keymap, key_aliases=self.key_aliases, fps=self.fps, conditioning=self.conditioning,
             tokenizer=to_dict(self.tokenizer_config), dynamics=to_dict(self.dynamics_config),
             sampler=to_dict(self.sampler), lam=to_dict(self.lam_config) if self.lam_config else None, info=self.info)
+        text = json.dumps(config, indent=2)  # fails before anything is written if info is not JSON
+        path.mkdir(parents=True, exist_ok=True)
         save_file(_contiguous(self.dynamics.state_dict()), path / "dynamics.safetensors")
         if any(True for _ in self.tokenizer.parameters()):
             save_file(_contiguous(self.tokenizer.state_dict()), path / "tokenizer.safetensors")
@@ -112,7 +113,7 @@ class ModelBundle:
             save_file(_contiguous(self.lam.state_dict()), path / "lam.safetensors")
         save_file({"frames": self.start_frames.contiguous(), "actions": self.start_actions.contiguous()},
                   path / "start_frames.safetensors")
-        (path / "config.json").write_text(json.dumps(config, indent=2))
+        (path / "config.json").write_text(text)
         return path
 
 
@@ -178,8 +179,10 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         cfg = json.loads((path / "config.json").read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no config.json, not a checkpoint bundle") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / 'config.json'}: corrupt ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
     if cfg.get("format") != BUNDLE_FORMAT or cfg.get("version") != BUNDLE_VERSION:
         raise CheckpointError(f"{path}: format {cfg.get('format')!r} v{cfg.get('version')!r} is not "
                               f"{BUNDLE_FORMAT!r} v{BUNDLE_VERSION}")
@@ -189,7 +192,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         lam_cfg = LAMConfig(**cfg["lam"]) if cfg.get("lam") else None
         sampler = SamplerConfig(**cfg.get("sampler", {}))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from None
+        raise CheckpointError(f"{path / 'config.json'}: bad model config ({type(e).__name__}: {e})") from None
     tokenizer = build_tokenizer(tok_cfg)
     if tok_cfg.kind != "patch":
         _load_state(tokenizer, path / "tokenizer.safetensors")
@@ -200,6 +203,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         lam = LatentActionModel(lam_cfg)
         _load_state(lam, path / "lam.safetensors")
     starts = _load_weights(path / "start_frames.safetensors")
+    missing = {"frames", "actions"} - set(starts)
+    if missing:
+        raise CheckpointError(f"{path / 'start_frames.safetensors'}: missing tensors {sorted(missing)}")
     bundle = ModelBundle(
         game=cfg["game"], action_meanings=list(cfg["action_meanings"]), keymap=dict(cfg["keymap"]),
         key_aliases=dict(cfg.get("key_aliases", {})), fps=int(cfg.get("fps", 15)),

@@ -89,8 +89,14 @@ class Simulator:
             ValueError: wrong frame shape or dtype, wrong action shape, action out of range.
         """
         ids = np.arange(self.batch_size) if env_ids is None else np.asarray(env_ids, np.int64).reshape(-1)
+        if env_ids is not None:
+            bad = ids[(ids < 0) | (ids >= self.batch_size)]
+            if bad.size or len(np.unique(ids)) != len(ids):
+                raise ValueError(f"env_ids must be distinct indices in [0, {self.batch_size}), got {ids.tolist()}")
         frames_t = self._check_frames(frames, len(ids))
         t = frames_t.shape[1]
+        if t < 1:
+            raise ValueError("frames must hold at least one frame per dream (T >= 1), got T = 0")
         acts = self._check_actions(actions, (len(ids), t - 1), "actions")
         keep = min(t, self.cache.slots)                       # older frames would fall out of the window
         frames_t, t0 = frames_t[:, t - keep:], t - keep

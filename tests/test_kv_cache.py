@@ -1,0 +1,270 @@
+"""The KV cache and the Simulator on top of it: cached == uncached, bounded memory,
+reproducible sampling, subset resets, and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel import Simulator
+from worldmodel.kv_cache import KVCache
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def dyn(tiny_bundle):
+    return tiny_bundle.dynamics
+
+
+def _inputs(dyn, frames: int, *, seed: int = 0, batch: int = 2):
+    cfg = dyn.cfg
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, frames, cfg.tokens_per_frame, cfg.token_dim, generator=g)
+    levels = torch.rand(batch, frames, generator=g) * 0.5
+    actions = torch.randint(0, cfg.num_actions, (batch, frames), generator=g)
+    actions[:, 0] = -1
+    return tokens, levels, actions
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_cached_forward_equals_full_forward(dyn, k):
+    assert k + 1 <= dyn.cfg.context_frames
+    tokens, levels, actions = _inputs(dyn, k + 1, seed=k)
+    with torch.no_grad():
+        full = dyn(tokens, levels, actions)
+        cache = dyn.new_cache(2)
+        primed = dyn(tokens[:, :k], levels[:, :k], actions[:, :k], cache=cache, write=True)
+        last = dyn(tokens[:, k:], levels[:, k:], actions[:, k:], positions=torch.full((2, 1), k), cache=cache)
+    torch.testing.assert_close(primed.x0, full.x0[:, :k], atol=ATOL, rtol=0)
+    torch.testing.assert_close(last.x0, full.x0[:, k:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(last.reward_logits, full.reward_logits[:, k:], atol=ATOL, rtol=0)
+    torch.testing.assert_close(last.end_logits, full.end_logits[:, k:], atol=ATOL, rtol=0)
+    # Without the cache the last frame alone is something else: the test can fail.
+    with torch.no_grad():
+        alone = dyn(tokens[:, k:], levels[:, k:], actions[:, k:], positions=torch.full((2, 1), k))
+    assert (alone.x0 - full.x0[:, k:]).abs().max() > 100 * ATOL
+
+
+def test_frame_by_frame_writes_equal_full_forward(dyn):
+    f = dyn.cfg.context_frames
+    tokens, levels, actions = _inputs(dyn, f, seed=5)
+    with torch.no_grad():
+        full = dyn(tokens, levels, actions)
+        cache = dyn.new_cache(2)
+        outs = [dyn(tokens[:, i:i + 1], levels[:, i:i + 1], actions[:, i:i + 1], positions=torch.full((2, 1), i),
+                    cache=cache, write=True).x0 for i in range(f)]
+    torch.testing.assert_close(torch.cat(outs, dim=1), full.x0, atol=ATOL, rtol=0)
+
+
+def test_cache_is_bounded(dyn):
+    cfg = dyn.cfg
+    cache = dyn.new_cache(2)
+    shape, nbytes = cache.k.shape, cache.nbytes
+    assert shape == (cfg.depth, 2, cfg.heads, (cfg.context_frames - 1) * cfg.tokens_per_frame, dyn.head_dim)
+    tokens, levels, actions = _inputs(dyn, 1, seed=1)
+    with torch.no_grad():
+        for i in range(50):
+            dyn(tokens, levels, actions, positions=torch.full((2, 1), i), cache=cache, write=True)
+    assert cache.k.shape == shape and cache.v.shape == shape and cache.nbytes == nbytes
+    slots = cfg.context_frames - 1
+    assert cache.frame_pos.shape == (2, slots)
+    for row in cache.frame_pos:
+        assert sorted(row.tolist()) == list(range(50 - slots, 50))
+    assert cache.last_position().tolist() == [49, 49]
+    assert cache.token_mask().all()
+
+
+def test_kv_cache_write_keeps_last_frames_and_clear():
+    cache = KVCache(depth=1, batch=1, heads=1, slots=3, tokens_per_frame=2, head_dim=2)
+    # Writing 5 frames at once keeps the newest 3.
+    k = torch.arange(5).float().repeat_interleave(2)[None, None, :, None].expand(1, 1, 10, 2).clone()
+    cache.write(0, k, k)
+    cache.commit(torch.arange(5)[None])
+    assert sorted(cache.frame_pos[0].tolist()) == [2, 3, 4]
+    assert sorted(set(cache.k[0, 0, 0, :, 0].tolist())) == [2.0, 3.0, 4.0]
+    assert cache.last_position().item() == 4
+    cache.clear(torch.tensor([True]))
+    assert (cache.frame_pos == -1).all() and not cache.token_mask().any()
+    assert cache.last_position().item() == -1
+
+
+# -- Simulator ---------------------------------------------------------------------------------------
+
+def _rollout(bundle, seed: int, steps: int = 10, batch: int = 2) -> np.ndarray:
+    sim = Simulator(bundle, batch_size=batch, seed=seed)
+    first = sim.reset(bundle.start_frames[:batch].numpy(), bundle.start_actions[:batch].numpy())
+    np.testing.assert_array_equal(first, bundle.start_frames[:batch, -1].numpy())
+    actions = np.random.default_rng(0).integers(0, 6, size=(steps, batch))
+    return np.stack([sim.step(a)[0] for a in actions])
+
+
+def test_same_seed_same_dream(tiny_bundle):
+    a, b = _rollout(tiny_bundle, seed=1), _rollout(tiny_bundle, seed=1)
+    assert a.shape == (10, 2, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    c = _rollout(tiny_bundle, seed=2)
+    assert not np.array_equal(a, c)
+
+
+def test_step_outputs_and_positions(tiny_bundle):
+    sim = Simulator(tiny_bundle, batch_size=2, seed=0)
+    with pytest.raises(RuntimeError, match="reset"):
+        sim.step([0, 0])
+    sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
+    t = tiny_bundle.start_frames.shape[1]
+    assert sim.cache.last_position().tolist() == [t - 1, t - 1]
+    for i in range(10):
+        frames, rewards, terminated = sim.step(np.array([2, 3]))
+        assert frames.shape == (2, 64, 64, 3) and frames.dtype == np.uint8
+        assert rewards.shape == (2,) and rewards.dtype == np.float32 and set(rewards) <= {-1.0, 0.0, 1.0}
+        assert terminated.shape == (2,) and terminated.dtype == np.bool_
+    assert sim.step_count.tolist() == [10, 10]
+    slots = sim.cache.slots
+    for row in sim.cache.frame_pos:
+        assert sorted(row.tolist()) == list(range(t + 10 - slots, t + 10))
+    np.testing.assert_array_equal(sim.last_frames, frames)
+
+
+def test_reset_with_long_history_keeps_the_window(tiny_bundle, pong_trajectory):
+    frames, actions = pong_trajectory
+    sim = Simulator(tiny_bundle, batch_size=1, seed=0)
+    sim.reset(frames[None, :10], actions[None, :9])
+    assert sorted(sim.cache.frame_pos[0].tolist()) == [7, 8, 9]
+    # Equal to priming with just the last window at the same absolute positions.
+    ref = tiny_bundle.dynamics.new_cache(1)
+    from worldmodel.tokenizer import frames_to_tensor
+
+    tokens = tiny_bundle.tokenizer.encode(frames_to_tensor(torch.as_tensor(frames[None, 7:10])))
+    with torch.no_grad():
+        tiny_bundle.dynamics(tokens, torch.zeros(1, 3), torch.as_tensor(actions[None, 6:9]),
+                             torch.arange(7, 10)[None], cache=ref, write=True)
+    torch.testing.assert_close(sim.cache.k, ref.k, atol=1e-5, rtol=0)
+    assert torch.equal(sim.cache.frame_pos, ref.frame_pos)
+
+
+@pytest.mark.parametrize("t", [1, 2, 3])
+@pytest.mark.parametrize("pre_steps", [1, 2])
+def test_subset_reset_matches_full_reset(tiny_bundle, pong_trajectory, t, pre_steps):
+    """Env 1 reset alone mid-rollout (with the shared ring at another offset) must dream exactly as
+    env 1 of a simulator reset from scratch with the same frames, given the same sampling noise.
+
+    Both simulators have batch 2, so a re-seeded generator gives env 1 the same noise; env 0
+    differs between them but cannot influence env 1. A mis-rotated ring would overwrite the
+    wrong slot after a few steps and the dreams would part. Priming with fewer frames than the
+    ring holds (t < slots) is where the ring has to be rotated."""
+    frames, actions = pong_trajectory
+    start_f, start_a = tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy()
+    new_f, new_a = frames[None, 17 - t:17], actions[None, 17 - t:16]
+
+    a = Simulator(tiny_bundle, batch_size=2, seed=0)
+    a.reset(start_f, start_a)
+    for _ in range(pre_steps):                           # move the shared ring off slot 0
+        a.step([1, 4])
+    assert a.cache.next_slot != 0
+    out = a.reset(new_f, new_a, env_ids=[1])
+    np.testing.assert_array_equal(out[1], new_f[0, -1])
+    assert a.step_count.tolist() == [pre_steps, 0]
+    assert a.cache.last_position().tolist() == [start_f.shape[1] + pre_steps - 1, t - 1]
+
+    b = Simulator(tiny_bundle, batch_size=2, seed=0)
+    b.reset(np.concatenate([start_f[:1, -t:], new_f]),
+            np.concatenate([start_a[:1, start_a.shape[1] - (t - 1):], new_a]))
+    torch.testing.assert_close(a.cache.k[:, 1].sort(dim=2).values, b.cache.k[:, 1].sort(dim=2).values,
+                               atol=1e-5, rtol=0)
+
+    a.generator.manual_seed(123)
+    b.generator.manual_seed(123)
+    acts = np.random.default_rng(1).integers(0, 6, size=(8, 2))
+    for i, act in enumerate(acts):
+        fa, ra, ta = a.step(act)
+        fb, rb, tb = b.step(act)
+        diff = np.abs(fa[1].astype(int) - fb[1].astype(int)).max()
+        assert diff <= 1, f"step {i}: subset-reset dream differs by {diff}"
+        assert ra[1] == rb[1] and ta[1] == tb[1]
+    assert sorted(a.cache.frame_pos[1].tolist()) == sorted(b.cache.frame_pos[1].tolist())
+
+
+def test_subset_reset_leaves_other_envs_alone(tiny_bundle, pong_trajectory):
+    frames, actions = pong_trajectory
+    start_f, start_a = tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy()
+    a = Simulator(tiny_bundle, batch_size=2, seed=0)
+    c = Simulator(tiny_bundle, batch_size=2, seed=0)
+    for s in (a, c):
+        s.reset(start_f, start_a)
+        s.step([2, 3])
+    a.reset(frames[None, 15:17], actions[None, 15:16], env_ids=[1])
+    assert a.step_count.tolist() == [1, 0]
+    a.generator.manual_seed(7)
+    c.generator.manual_seed(7)
+    for act in ([2, 3], [0, 1], [5, 4], [3, 3]):
+        fa, fc = a.step(act)[0], c.step(act)[0]
+        assert np.abs(fa[0].astype(int) - fc[0].astype(int)).max() <= 1
+        assert not np.array_equal(fa[1], fc[1])
+
+
+@pytest.fixture()
+def sim(tiny_bundle):
+    s = Simulator(tiny_bundle, batch_size=2, seed=0)
+    return s
+
+
+def test_reset_rejects_wrong_frame_shape(sim, tiny_bundle):
+    frames = np.zeros((2, 3, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"32, 32"):
+        sim.reset(frames, np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match=r"\(1, 3, 64, 64, 3\)"):        # batch of 1 for a batch-2 simulator
+        sim.reset(tiny_bundle.start_frames[:1].numpy(), tiny_bundle.start_actions[:1].numpy())
+
+
+def test_reset_rejects_wrong_dtype(sim, tiny_bundle):
+    with pytest.raises(ValueError, match="float32"):
+        sim.reset(tiny_bundle.start_frames.numpy().astype(np.float32), tiny_bundle.start_actions.numpy())
+
+
+def test_reset_rejects_bad_actions(sim, tiny_bundle):
+    f, a = tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy()
+    bad = a.copy()
+    bad[1, 0] = 99
+    with pytest.raises(ValueError, match="99"):
+        sim.reset(f, bad)
+    with pytest.raises(ValueError, match="shape"):
+        sim.reset(f, a[:, :1])
+    with pytest.raises(ValueError, match="integers"):
+        sim.reset(f, a.astype(np.float64))
+
+
+def test_step_rejects_bad_actions(sim, tiny_bundle):
+    with pytest.raises(RuntimeError, match="reset"):
+        sim.step([0, 0])
+    sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
+    with pytest.raises(ValueError, match="99"):
+        sim.step([0, 99])
+    with pytest.raises(ValueError, match="-1"):
+        sim.step([-1, 0])
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        sim.step([0])
+    # A rejected step changes nothing.
+    assert sim.step_count.tolist() == [0, 0]
+    sim.step([0, 1])
+    assert sim.step_count.tolist() == [1, 1]
+
+
+def test_simulator_constructor_checks(tiny_bundle):
+    with pytest.raises(ValueError, match="batch_size"):
+        Simulator(tiny_bundle, batch_size=0)
+    with pytest.raises(ValueError, match="onnx"):
+        Simulator(tiny_bundle, backend="onnx")
+
+
+def test_reset_rejects_bad_env_ids_and_empty_frames(tiny_bundle):
+    sim = Simulator(tiny_bundle, batch_size=2, seed=0)
+    frames = tiny_bundle.start_frames[:1].numpy()
+    actions = tiny_bundle.start_actions[:1].numpy()
+    with pytest.raises(ValueError, match=r"\[5\]"):
+        sim.reset(frames, actions, env_ids=[5])
+    with pytest.raises(ValueError, match="distinct"):
+        sim.reset(np.concatenate([frames, frames]), np.concatenate([actions, actions]), env_ids=[1, 1])
+    with pytest.raises(ValueError, match="T = 0"):
+        sim.reset(frames[:, :0], actions[:, :0], env_ids=[0])

@@ -1,0 +1,138 @@
+"""End to end: record real Pong, train the tiny preset, evaluate, export a bundle, load it, dream."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import worldmodel
+from recorders.dataset import EpisodeDataset, validate_dataset
+from recorders.policies import ScriptedPongPolicy
+from training.pipeline import build_config, run
+from worldmodel import Simulator
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = build_config(dict(preset="tiny", out=str(root / "run"), dataset=str(root / "data"),
+                            heldout=str(root / "heldout"), progress=False, start_windows=4))
+    metrics = run(cfg)
+    return root, cfg, metrics
+
+
+def test_build_config_tiny():
+    cfg = build_config(dict(preset="tiny", out="x", progress=False))
+    assert cfg.model.dynamics.context_frames == 4 and cfg.model.dynamics.width == 64
+    assert cfg.budget.record.episodes == 2 and cfg.budget.dynamics.steps == 6
+    over = build_config(dict(preset="tiny", model={"dynamics": {"depth": 1}}, budget={"dynamics": {"steps": 2}}))
+    assert over.model.dynamics.depth == 1 and over.budget.dynamics.steps == 2
+    # Overrides do not leak into the shared presets.
+    assert build_config(dict(preset="tiny")).model.dynamics.depth == 2
+
+
+@pytest.mark.parametrize("values,name", [
+    (dict(preset="enormous"), "enormous"),
+    (dict(preset="tiny", no_such_setting=1), "no_such_setting"),
+    (dict(preset="tiny", game="tetris"), "tetris"),
+    (dict(preset="tiny", stages=["dynamics", "polish"]), "polish"),
+    (dict(preset="tiny", model={"dynamics": {"wdith": 32}}), "wdith"),
+    (dict(preset="tiny", model={"decoder": {}}), "decoder"),
+    (dict(preset="tiny", budget={"dynamics": {"stpes": 3}}), "stpes"),
+])
+def test_build_config_rejects_unknown_names(values, name):
+    with pytest.raises(ValueError, match=name):
+        build_config(values)
+
+
+def test_pipeline_recorded_real_datasets(pipeline_run):
+    root, cfg, metrics = pipeline_run
+    for path, episodes in ((root / "data", cfg.budget.record.episodes),
+                           (root / "heldout", cfg.budget.record.heldout_episodes)):
+        assert validate_dataset(path) == []
+        ds = EpisodeDataset(path)
+        assert len(ds) == episodes and ds.metadata["game"] == "pong"
+        assert ds[0].frames.shape[1:] == (64, 64, 3)
+    assert metrics["dataset"]["episodes"] == cfg.budget.record.episodes
+    # The held-out set is recorded with other seeds: its first frames may match (Pong always
+    # starts the same) but its actions differ from the training set's.
+    train, held = EpisodeDataset(root / "data")[0], EpisodeDataset(root / "heldout")[0]
+    n = min(len(train), len(held))
+    assert not np.array_equal(train.actions[:n], held.actions[:n])
+
+
+def test_pipeline_metrics_and_artifacts(pipeline_run):
+    root, cfg, metrics = pipeline_run
+    out = root / "run"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    tf = on_disk["teacher_forced"]
+    for key in ("psnr", "psnr_moving", "copy_last_psnr", "copy_last_psnr_moving"):
+        assert set(tf[key]) == {"1", "4", "16"}, key
+    for h in ("1", "4", "16"):
+        assert np.isfinite(tf["psnr"][h]) and 0 < tf["psnr"][h] <= 100
+        assert np.isfinite(tf["copy_last_psnr"][h])
+    assert tf["windows"] == cfg.budget.eval_windows
+    assert 0.0 <= on_disk["paddle_control"]["pass_rate"] <= 1.0
+    assert on_disk["dynamics"]["step"] == cfg.budget.dynamics.steps
+    assert np.isfinite(on_disk["dynamics"]["loss"])
+    assert on_disk["lam"]["step"] == cfg.budget.lam.steps
+    assert metrics["teacher_forced"]["psnr"][1] == pytest.approx(tf["psnr"]["1"])
+    gif = out / "real_vs_dream.gif"
+    assert gif.exists() and gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    assert on_disk["video"] == str(gif)
+    import imageio.v3 as iio
+
+    video = iio.imread(gif)
+    windows = min(4, cfg.budget.eval_windows)
+    assert video.ndim == 4 and video.shape[1:3] == (windows * 64 * 4, 3 * 64 * 4)
+    assert len(video) > 1
+    files = sorted(p.name for p in (out / "bundle").iterdir())
+    assert all(name.endswith((".json", ".safetensors")) for name in files), files
+    assert (out / "dynamics" / "last.safetensors").exists() and (out / "dynamics" / "last.json").exists()
+
+
+def test_trained_bundle_dreams(pipeline_run):
+    root, cfg, _ = pipeline_run
+    bundle = worldmodel.load(root / "run" / "bundle")
+    ctx = cfg.model.dynamics.context_frames
+    assert bundle.game == "pong" and bundle.num_actions == 6
+    assert bundle.start_frames.shape == (4, ctx - 1, 64, 64, 3) and bundle.start_frames.dtype == torch.uint8
+    assert bundle.start_actions.shape == (4, ctx - 2) and bundle.start_actions.dtype == torch.int64
+    assert bundle.info["metrics"]["teacher_forced"]["psnr"]
+    assert bundle.lam is not None
+    sim = Simulator(bundle, batch_size=1, seed=0)
+    frame = sim.reset(bundle.start_frames[:1].numpy(), bundle.start_actions[:1].numpy())
+    assert frame.shape == (1, 64, 64, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame[0], bundle.start_frames[0, -1].numpy())
+    policy = ScriptedPongPolicy(1, seed=0)
+    dream = []
+    for _ in range(20):
+        action = policy(frame)
+        assert action.shape == (1,) and 0 <= action[0] < 6
+        frame, reward, terminated = sim.step(action)
+        assert frame.shape == (1, 64, 64, 3) and frame.dtype == np.uint8
+        assert reward.shape == (1,) and reward.dtype == np.float32 and reward[0] in (-1.0, 0.0, 1.0)
+        assert terminated.shape == (1,) and terminated.dtype == np.bool_
+        dream.append(frame[0])
+    assert sim.step_count.tolist() == [20]
+    assert sim.cache.last_position().item() == ctx - 2 + 20
+    dream = np.stack(dream)
+    assert len({d.tobytes() for d in dream}) > 1, "the dream should not be frozen"
+
+
+def test_pipeline_resumes_without_retraining(pipeline_run, tmp_path):
+    """Running the same command again resumes the finished stages instead of training them anew."""
+    root, cfg, _ = pipeline_run
+    first = worldmodel.load(root / "run" / "bundle")
+    again = build_config(dict(preset="tiny", out=str(root / "run"), dataset=str(root / "data"),
+                              heldout=str(root / "heldout"), progress=False, start_windows=4,
+                              stages=["lam", "dynamics"]))
+    metrics = run(again)
+    assert metrics["dynamics"]["step"] == cfg.budget.dynamics.steps
+    assert "teacher_forced" not in metrics
+    second = worldmodel.load(root / "run" / "bundle")
+    for (k, a), (_, b) in zip(first.dynamics.state_dict().items(), second.dynamics.state_dict().items()):
+        assert torch.equal(a, b), k
