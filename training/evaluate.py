@@ -52,6 +52,29 @@ def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) 
     return out
 
 
+def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int = 256, seed: int = 0) -> dict:
+    """Reconstruction PSNR of the tokenizer on held-out frames: whole frames and moving pixels.
+
+    Returns:
+        ``{"psnr": dB, "psnr_moving": dB, "frames": n}`` (100 dB means lossless).
+    """
+    import torch
+
+    from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
+
+    pairs = sample_windows(episodes, 2, frames, seed)
+    prev = np.stack([f[0] for f, _ in pairs])
+    real = np.stack([f[1] for f, _ in pairs])
+    device = next(iter(tokenizer.parameters()), torch.empty(0)).device
+    with torch.inference_mode():
+        x = frames_to_tensor(torch.as_tensor(real, device=device))[:, None]
+        rec = tensor_to_frames(tokenizer.decode(tokenizer.encode(x)))[:, 0].cpu().numpy()
+    mask = moving_pixels(real, prev)
+    return {"psnr": float(np.mean([psnr(r, f) for r, f in zip(real, rec)])),
+            "psnr_moving": float(np.nanmean([psnr(r, f, m) for r, f, m in zip(real, rec, mask)])),
+            "frames": len(real)}
+
+
 def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4, 16), windows: int = 32,
                    seed: int = 0, sampling_steps: int | None = None) -> dict:
     """Teacher-forced rollout figures.

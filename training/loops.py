@@ -121,7 +121,7 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
                     pe.lerp_(pm, 1 - d)
         step += 1
         elapsed += time.perf_counter() - t0
-        logs = {"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}, "grad_norm": float(grad_norm), "lr": lr}
+        logs = {"loss": float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in logs.items()}, "grad_norm": float(grad_norm), "lr": lr}
         if step % 10 == 0 or step == budget.steps:
             now = time.perf_counter()
             fps = (step - step_seg) * frames_per_step / max(now - t_seg, 1e-9)

@@ -24,9 +24,10 @@ import torch
 from envs.games import get_game
 from recorders.collect import RecordConfig, record
 from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler
-from training.evaluate import paddle_control, teacher_forced, write_video
+from training.evaluate import paddle_control, teacher_forced, tokenizer_reconstruction, write_video
 from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage, tokenizer_loss_fn)
 from training.presets import TrainBudget, get_budget
+from training.train_state import has_state, load_trained
 from worldmodel.bundle import ModelBundle
 from worldmodel.config import ModelPreset, get_preset, update_dataclass
 from worldmodel.dynamics import DynamicsModel
@@ -172,40 +173,47 @@ def run(cfg: PipelineConfig) -> dict:
                      "device": str(device), "amp": amp}
     print(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
 
+    def stage(name: str, module, loss_for, budget, window: int, seed: int, stage_amp: bool):
+        """Train ``module`` if the stage is selected (resuming), else load its last snapshot if any.
+
+        Returns the trained (EMA) module, or None when it was neither trained nor found."""
+        if name in cfg.stages:
+            sampler = WindowSampler(episodes, window, seed=seed)
+            module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
+                                     amp=stage_amp, frames_per_step=window * budget.batch_size, progress=cfg.progress)
+            metrics[name] = logs
+            return module
+        if has_state(out / name):
+            return load_trained(out / name, module).eval()
+        return None
+
     tokenizer = build_tokenizer(m.tokenizer).to(device)
-    if m.tokenizer.kind != "patch" and "tokenizer" in cfg.stages:
-        sampler = WindowSampler(episodes, 2, seed=cfg.seed + 1)
-        tokenizer, logs = run_stage("tokenizer", tokenizer, tokenizer_loss_fn(sampler, b.tokenizer.batch_size, device,
-                                                                              cfg.moving_weight),
-                                    b.tokenizer, out / "tokenizer", sampler.rng, device=device, amp=conv_amp,
-                                    frames_per_step=2 * b.tokenizer.batch_size, progress=cfg.progress)
-        metrics["tokenizer"] = logs
+    if m.tokenizer.kind != "patch":
+        tokenizer = stage("tokenizer", tokenizer,
+                          lambda smp: tokenizer_loss_fn(smp, b.tokenizer.batch_size, device, cfg.moving_weight),
+                          b.tokenizer, 2, cfg.seed + 1, conv_amp)
+        if tokenizer is None:
+            raise ValueError(f"the conv tokenizer is not trained: run the tokenizer stage first (no snapshot in {out})")
     tokenizer.requires_grad_(False).eval()
     metrics["tokenizer_params"] = sum(p.numel() for p in tokenizer.parameters())
+    metrics["tokenizer_reconstruction"] = tokenizer_reconstruction(tokenizer, held_eps, seed=cfg.seed)
+    print(f"tokenizer ({m.tokenizer.kind}) reconstruction: {metrics['tokenizer_reconstruction']}")
 
-    lam = None
-    if "lam" in cfg.stages:
-        lam = LatentActionModel(m.lam).to(device)
-        sampler = WindowSampler(episodes, m.lam.history + 2, seed=cfg.seed + 2)
-        lam, logs = run_stage("lam", lam, lam_loss_fn(sampler, b.lam.batch_size, device, cfg.moving_weight), b.lam,
-                              out / "lam", sampler.rng, device=device, amp=conv_amp,
-                              frames_per_step=(m.lam.history + 2) * b.lam.batch_size, progress=cfg.progress)
-        metrics["lam"] = logs
+    lam = stage("lam", LatentActionModel(m.lam).to(device),
+                lambda smp: lam_loss_fn(smp, b.lam.batch_size, device, cfg.moving_weight),
+                b.lam, m.lam.history + 2, cfg.seed + 2, conv_amp)
+    if lam is not None:
         metrics["lam_params"] = sum(p.numel() for p in lam.parameters())
 
     dynamics = DynamicsModel(m.dynamics).to(device)
     metrics["dynamics_params"] = sum(p.numel() for p in dynamics.parameters())
     print(f"dynamics model: {metrics['dynamics_params'] / 1e6:.2f}M parameters; bf16 autocast: {amp}")
-    if "dynamics" in cfg.stages:
-        sampler = WindowSampler(episodes, m.dynamics.context_frames, seed=cfg.seed + 3)
-        gen = torch.Generator(device).manual_seed(cfg.seed + 4)
-        loss_fn = dynamics_loss_fn(sampler, b.dynamics.batch_size, device, tokenizer, moving_weight=cfg.moving_weight,
-                                   generator=gen)
-        dynamics, logs = run_stage("dynamics", dynamics, loss_fn, b.dynamics, out / "dynamics", sampler.rng,
-                                   device=device, amp=amp,
-                                   frames_per_step=m.dynamics.context_frames * b.dynamics.batch_size,
-                                   progress=cfg.progress)
-        metrics["dynamics"] = logs
+    gen = torch.Generator(device).manual_seed(cfg.seed + 4)
+    trained = stage("dynamics", dynamics,
+                    lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
+                                                 moving_weight=cfg.moving_weight, generator=gen),
+                    b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp)
+    dynamics = trained if trained is not None else dynamics
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
     bundle = ModelBundle(
@@ -216,7 +224,7 @@ def run(cfg: PipelineConfig) -> dict:
         lam=lam.float() if lam is not None else None,
         info={"command": " ".join(sys.argv), "preset": cfg.preset, "dataset": metrics["dataset"]})
 
-    if "evaluate" in cfg.stages:
+    if "evaluate" in cfg.stages and trained is not None:
         bundle.eval()
         print("evaluating on held-out episodes ...")
         metrics["teacher_forced"] = teacher_forced(bundle, held_eps, windows=b.eval_windows, seed=cfg.seed)

@@ -71,3 +71,11 @@ def load_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.M
     if sampler_rng is not None:
         sampler_rng.bit_generator.state = meta["sampler_rng"]
     return meta
+
+
+def load_trained(directory: str | Path, module: torch.nn.Module) -> torch.nn.Module:
+    """Load a finished stage's weights into ``module``: the EMA weights if the snapshot has them."""
+    tensors = load_file(str(Path(directory) / "last.safetensors"))
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return module
