@@ -123,6 +123,8 @@ def load_episode(path: str | Path) -> Episode:
         DatasetError: the file is missing, not a NumPy archive, truncated, or lacks an array.
     """
     path = Path(path)
+    if path.exists() and not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: corrupt episode file (not a NumPy .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = {"frames", "actions", "rewards", "terminated", "truncated"} - set(z.files)
