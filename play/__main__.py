@@ -21,14 +21,19 @@ def _main(cfg: DictConfig) -> None:
     from play.session import PlaySession
     from worldmodel import CheckpointError, load
 
+    import pygame
+
     try:
         model = load(cfg.checkpoint, device=cfg.device)
         session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps)
         app = PygameApp(session, WindowConfig(scale=cfg.scale, fps=cfg.fps, headless=cfg.headless, steps=cfg.steps,
                                               keys=cfg["keys"], save_frames=cfg.save_frames, screenshot=cfg.screenshot))
+        played = app.run()
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
-    played = app.run()
+    except pygame.error as e:
+        hint = " (no display? try headless=true)" if not cfg.headless else ""
+        sys.exit(f"error: pygame: {e}{hint}")
     print(f"played {played} steps at {session.fps:.1f} frames/s (median step {session.latency_ms:.1f} ms)")
 
 

@@ -22,8 +22,9 @@ class WindowConfig:
         fps: ticks per second (``None``: the game's own, 0: as fast as possible).
         headless: run without a screen (SDL's dummy video driver) for ``steps`` steps.
         steps: steps to run headless.
-        keys: scripted key chords for headless play: ``"up:8,down:8"`` holds Up for 8
-            steps then Down for 8, cycled; ``none`` holds nothing.
+        keys: scripted key chords for headless play: ``"up:8 down:8"`` holds Up for 8
+            steps then Down for 8, cycled; ``none`` holds nothing; entries are separated by
+            spaces or commas.
         save_frames: directory to save every window frame to as PNG (headless or not).
         screenshot: save the last window frame to this PNG path.
     """
@@ -32,19 +33,19 @@ class WindowConfig:
     fps: float | None = None
     headless: bool = False
     steps: int = 200
-    keys: str = "up:8,down:8"
+    keys: str = "up:8 down:8"
     save_frames: str | None = None
     screenshot: str | None = None
 
 
 def parse_key_script(script: str) -> list[set[str]]:
-    """``"up:8,down+space:2,none:3"`` -> one set of held keys per step (one cycle).
+    """``"up:8 down+space:2 none:3"`` -> one set of held keys per step (one cycle).
 
     Raises:
         ValueError: a malformed entry (the message quotes it).
     """
     steps: list[set[str]] = []
-    for entry in filter(None, (e.strip() for e in script.split(","))):
+    for entry in script.replace(",", " ").split():
         chord, _, count = entry.partition(":")
         try:
             n = int(count) if count else 1

@@ -50,6 +50,23 @@ class RecordConfig:
     size: int = 64
     seed: int = 0
 
+    POLICIES = ("random", "scripted", "mixed", "human")
+
+    def __post_init__(self):
+        get_game(self.game)
+        for name in ("episodes", "max_steps", "num_envs", "max_repeat", "size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.vector not in ("async", "sync"):
+            raise ValueError(f"vector must be 'async' or 'sync', got {self.vector!r}")
+        if self.policy not in self.POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {self.POLICIES}")
+        if self.frame_skip is not None and (not isinstance(self.frame_skip, int) or self.frame_skip < 1):
+            raise ValueError(f"frame_skip must be a positive integer or null, got {self.frame_skip!r}")
+        if not isinstance(self.sticky_actions, (int, float)) or not 0.0 <= self.sticky_actions <= 1.0:
+            raise ValueError(f"sticky_actions must be in [0, 1], got {self.sticky_actions!r}")
+
 
 def make_policy(cfg: RecordConfig, num_envs: int) -> Policy:
     """Build the policy named by ``cfg.policy``.

@@ -91,7 +91,7 @@ def test_pipeline_metrics_and_artifacts(pipeline_run):
     assert len(video) > 1
     files = sorted(p.name for p in (out / "bundle").iterdir())
     assert all(name.endswith((".json", ".safetensors")) for name in files), files
-    assert (out / "dynamics" / "last.safetensors").exists() and (out / "dynamics" / "last.json").exists()
+    assert (out / "dynamics" / "last.safetensors").exists() and not (out / "dynamics" / "last.json").exists()
 
 
 def test_trained_bundle_dreams(pipeline_run):
@@ -136,3 +136,33 @@ def test_pipeline_resumes_without_retraining(pipeline_run, tmp_path):
     second = worldmodel.load(root / "run" / "bundle")
     for (k, a), (_, b) in zip(first.dynamics.state_dict().items(), second.dynamics.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_resume_gives_the_same_loss_as_an_uninterrupted_run(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    common = dict(preset="tiny", dataset=str(root / "data"), heldout=str(root / "heldout"), progress=False,
+                  stages=["dynamics"], start_windows=2)
+    whole = run(build_config(dict(common, out=str(tmp_path / "whole"), budget={"dynamics": {"steps": 4}})))
+    run(build_config(dict(common, out=str(tmp_path / "split"), budget={"dynamics": {"steps": 4, "pause_at": 2}})))
+    resumed = run(build_config(dict(common, out=str(tmp_path / "split"), budget={"dynamics": {"steps": 4}})))
+    assert resumed["dynamics"]["step"] == whole["dynamics"]["step"] == 4
+    assert resumed["dynamics"]["loss"] == pytest.approx(whole["dynamics"]["loss"], rel=1e-5)
+
+
+def test_resume_with_another_model_is_refused(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    common = dict(preset="tiny", dataset=str(root / "data"), heldout=str(root / "heldout"), progress=False,
+                  stages=["dynamics"], out=str(tmp_path / "run"), start_windows=2)
+    run(build_config(dict(common, budget={"dynamics": {"steps": 1}})))
+    with pytest.raises(ValueError, match="width"):
+        run(build_config(dict(common, model={"dynamics": {"width": 32}})))
+
+
+def test_export_without_a_trained_dynamics_model_is_refused(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    cfg = build_config(dict(preset="tiny", dataset=str(root / "data"), heldout=str(root / "heldout"),
+                            progress=False, stages=["evaluate"], out=str(tmp_path / "fresh"),
+                            export=str(tmp_path / "exported")))
+    with pytest.raises(ValueError, match="not trained"):
+        run(cfg)
+    assert not (tmp_path / "exported").exists()

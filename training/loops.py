@@ -18,7 +18,7 @@ from tqdm import tqdm
 from recorders.dataset import WindowSampler
 from training.train_state import has_state, load_state, save_state
 from worldmodel.diffusion import add_noise, sample_noise_levels
-from worldmodel.dynamics import REWARD_CLASSES, DynamicsModel
+from worldmodel.dynamics import END_POS_WEIGHT, REWARD_CLASS_WEIGHTS, REWARD_CLASSES, DynamicsModel
 from worldmodel.lam import LatentActionModel, lam_loss
 from worldmodel.tokenizer import frames_to_tensor, moving_mask
 
@@ -38,6 +38,8 @@ class StageBudget:
         ema: decay of the exponential moving average of the weights (``None``: no EMA); the
             EMA weights are the ones exported.
         save_every_minutes: how often a resumable snapshot is written.
+        pause_at: stop after this many steps with the schedule of the whole budget, to be
+            resumed later (a long run split across sessions); ``None``: run to the end.
     """
 
     steps: int = 1000
@@ -48,6 +50,7 @@ class StageBudget:
     weight_decay: float = 0.01
     ema: float | None = None
     save_every_minutes: float = 2.0
+    pause_at: int | None = None
 
 
 def _amp_context(device: torch.device, amp: bool):
@@ -67,7 +70,8 @@ def cpu_supports_bf16() -> bool:
 
 def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tuple[torch.Tensor, dict]],
               budget: StageBudget, out_dir: Path, rng: np.random.Generator, *, device: torch.device, amp: bool,
-              frames_per_step: int, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+              frames_per_step: int, progress: bool = True, generators: dict[str, torch.Generator] | None = None,
+              config: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` on ``loss_fn`` until the budget is spent, resuming from ``out_dir`` if a snapshot is there.
 
     Args:
@@ -80,6 +84,8 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
         device: training device.
         amp: bfloat16 autocast.
         frames_per_step: frames one step consumes, for the frames/s readout.
+        generators: other random generators ``loss_fn`` draws from (saved and restored).
+        config: the model's config, stored in snapshots; resuming with another one is refused.
 
     Returns:
         (the trained module, EMA weights if configured, else the model itself; final logs).
@@ -92,7 +98,8 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
                              {"params": no_decay, "weight_decay": 0.0}], lr=budget.lr, betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
     if has_state(out_dir):
-        meta = load_state(out_dir, model=model, ema=ema, optimizer=opt, sampler_rng=rng)
+        meta = load_state(out_dir, model=model, ema=ema, optimizer=opt, sampler_rng=rng, generators=generators,
+                          config=config)
         step, elapsed = meta["step"], meta["elapsed"]
         print(f"[{name}] resumed from {out_dir} at step {step} ({elapsed / 60:.1f} min trained)")
     limit_s = budget.minutes * 60 if budget.minutes else math.inf
@@ -101,7 +108,8 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
     last_save = time.perf_counter()
     model.train()
     t_seg, step_seg = time.perf_counter(), step
-    while step < budget.steps and elapsed < limit_s:
+    stop = budget.steps if budget.pause_at is None else min(budget.steps, budget.pause_at)
+    while step < stop and elapsed < limit_s:
         progress_frac = max(step / budget.steps, elapsed / limit_s)
         lr = budget.lr * min(1.0, (step + 1) / max(1, budget.warmup))
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_frac)))
@@ -129,10 +137,12 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
             bar.set_postfix(loss=f"{logs['loss']:.4f}", fps=f"{fps:.0f}", min=f"{elapsed / 60:.1f}")
         bar.update(1)
         if time.perf_counter() - last_save > budget.save_every_minutes * 60:
-            save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng)
+            save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
+                       generators=generators, config=config)
             last_save = time.perf_counter()
     bar.close()
-    save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng)
+    save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
+               generators=generators, config=config)
     logs.update(step=step, minutes=elapsed / 60)
     final = ema if ema is not None else model
     return final.eval(), logs
@@ -203,10 +213,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         head_mask = (levels < 0.5) & (batch["actions"] >= 0)
         head_mask[:, 0] = False
         rew = F.cross_entropy(out.reward_logits.float()[head_mask], target[head_mask],
-                              weight=torch.tensor([20.0, 1.0, 20.0], device=device)) if head_mask.any() else 0.0
+                              weight=torch.tensor(REWARD_CLASS_WEIGHTS, device=device)) if head_mask.any() else 0.0
         end = F.binary_cross_entropy_with_logits(out.end_logits.float()[head_mask],
                                                  batch["terminated"].float()[head_mask],
-                                                 pos_weight=torch.tensor(50.0, device=device)) if head_mask.any() else 0.0
+                                                 pos_weight=torch.tensor(END_POS_WEIGHT, device=device)) if head_mask.any() else 0.0
         loss = frame_loss + reward_weight * rew + end_weight * end
         return loss, {"frame": frame_loss, "reward": rew, "end": end}
     return loss_fn

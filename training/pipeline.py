@@ -29,7 +29,8 @@ from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, ru
 from training.presets import TrainBudget, get_budget
 from training.train_state import has_state, load_trained
 from worldmodel.bundle import ModelBundle
-from worldmodel.config import ModelPreset, get_preset, update_dataclass
+from worldmodel.config import ModelPreset, get_preset, to_dict, update_dataclass
+from worldmodel.device import resolve_device
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.lam import LatentActionModel
 from worldmodel.tokenizer import build_tokenizer
@@ -87,6 +88,8 @@ def build_config(values: dict) -> PipelineConfig:
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    if isinstance(values.get("stages"), str):  # stages=dynamics on the command line
+        values["stages"] = [values["stages"]]
     cfg = PipelineConfig(**values)
     get_game(cfg.game)
     cfg.stages = tuple(cfg.stages)
@@ -108,14 +111,6 @@ def build_config(values: dict) -> PipelineConfig:
     return cfg
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def _amp(setting, device: torch.device) -> bool:
     setting = str(setting).lower()
     if setting == "auto":
@@ -124,14 +119,19 @@ def _amp(setting, device: torch.device) -> bool:
 
 
 def ensure_datasets(cfg: PipelineConfig) -> tuple[EpisodeDataset, EpisodeDataset]:
-    """Load the training and held-out datasets, recording whichever is missing."""
+    """Load the training and held-out datasets, recording what is missing.
+
+    A dataset with fewer episodes than the budget asks for (an interrupted recording) is
+    topped up with new seeds, so rerunning the pipeline resumes the recording too.
+    """
     rb = cfg.budget.record
-    for path, episodes, seed, policy in ((cfg.dataset, rb.episodes, cfg.seed, "mixed"),
-                                         (cfg.heldout, rb.heldout_episodes, cfg.seed + 100_000, "mixed")):
-        if not (Path(path) / "metadata.json").exists():
-            print(f"recording {episodes} {cfg.game} episodes into {path}")
-            record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
-                                num_envs=rb.num_envs, policy=policy, seed=seed), progress=cfg.progress)
+    for path, episodes, seed in ((cfg.dataset, rb.episodes, cfg.seed), (cfg.heldout, rb.heldout_episodes,
+                                                                        cfg.seed + 100_000)):
+        have = len(list((Path(path) / "episodes").glob("episode_*.npz")))
+        if have < episodes:
+            print(f"recording {episodes - have} {cfg.game} episodes into {path}")
+            record(RecordConfig(game=cfg.game, out=path, episodes=episodes - have, max_steps=rb.max_steps,
+                                num_envs=rb.num_envs, policy="mixed", seed=seed + 1000 * have), progress=cfg.progress)
     train, held = EpisodeDataset(cfg.dataset), EpisodeDataset(cfg.heldout)
     for ds in (train, held):
         if ds.metadata["game"] != cfg.game:
@@ -157,7 +157,7 @@ def run(cfg: PipelineConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     amp = _amp(cfg.amp, device)
     conv_amp = amp and device.type == "cuda"  # bf16 convolutions are slower than fp32 on CPUs (measured)
     spec = get_game(cfg.game)
@@ -173,14 +173,16 @@ def run(cfg: PipelineConfig) -> dict:
                      "device": str(device), "amp": amp}
     print(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
 
-    def stage(name: str, module, loss_for, budget, window: int, seed: int, stage_amp: bool):
+    def stage(name: str, module, module_cfg, loss_for, budget, window: int, seed: int, stage_amp: bool,
+              generators=None):
         """Train ``module`` if the stage is selected (resuming), else load its last snapshot if any.
 
         Returns the trained (EMA) module, or None when it was neither trained nor found."""
         if name in cfg.stages:
             sampler = WindowSampler(episodes, window, seed=seed)
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
-                                     amp=stage_amp, frames_per_step=window * budget.batch_size, progress=cfg.progress)
+                                     amp=stage_amp, frames_per_step=window * budget.batch_size, progress=cfg.progress,
+                                     generators=generators, config=to_dict(module_cfg))
             metrics[name] = logs
             return module
         if has_state(out / name):
@@ -189,7 +191,7 @@ def run(cfg: PipelineConfig) -> dict:
 
     tokenizer = build_tokenizer(m.tokenizer).to(device)
     if m.tokenizer.kind != "patch":
-        tokenizer = stage("tokenizer", tokenizer,
+        tokenizer = stage("tokenizer", tokenizer, m.tokenizer,
                           lambda smp: tokenizer_loss_fn(smp, b.tokenizer.batch_size, device, cfg.moving_weight),
                           b.tokenizer, 2, cfg.seed + 1, conv_amp)
         if tokenizer is None:
@@ -199,7 +201,7 @@ def run(cfg: PipelineConfig) -> dict:
     metrics["tokenizer_reconstruction"] = tokenizer_reconstruction(tokenizer, held_eps, seed=cfg.seed)
     print(f"tokenizer ({m.tokenizer.kind}) reconstruction: {metrics['tokenizer_reconstruction']}")
 
-    lam = stage("lam", LatentActionModel(m.lam).to(device),
+    lam = stage("lam", LatentActionModel(m.lam).to(device), m.lam,
                 lambda smp: lam_loss_fn(smp, b.lam.batch_size, device, cfg.moving_weight),
                 b.lam, m.lam.history + 2, cfg.seed + 2, conv_amp)
     if lam is not None:
@@ -209,11 +211,14 @@ def run(cfg: PipelineConfig) -> dict:
     metrics["dynamics_params"] = sum(p.numel() for p in dynamics.parameters())
     print(f"dynamics model: {metrics['dynamics_params'] / 1e6:.2f}M parameters; bf16 autocast: {amp}")
     gen = torch.Generator(device).manual_seed(cfg.seed + 4)
-    trained = stage("dynamics", dynamics,
+    trained = stage("dynamics", dynamics, m.dynamics,
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
                                                  moving_weight=cfg.moving_weight, generator=gen),
-                    b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp)
-    dynamics = trained if trained is not None else dynamics
+                    b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
+    if trained is None:
+        raise ValueError(f"the dynamics model is not trained: run the dynamics stage first (no snapshot in "
+                         f"{out / 'dynamics'})")
+    dynamics = trained
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
     bundle = ModelBundle(
@@ -224,7 +229,7 @@ def run(cfg: PipelineConfig) -> dict:
         lam=lam.float() if lam is not None else None,
         info={"command": " ".join(sys.argv), "preset": cfg.preset, "dataset": metrics["dataset"]})
 
-    if "evaluate" in cfg.stages and trained is not None:
+    if "evaluate" in cfg.stages:
         bundle.eval()
         print("evaluating on held-out episodes ...")
         metrics["teacher_forced"] = teacher_forced(bundle, held_eps, windows=b.eval_windows, seed=cfg.seed)

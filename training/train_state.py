@@ -1,8 +1,10 @@
-"""Resumable training state in safetensors + JSON (never pickles).
+"""Resumable training state in one safetensors file (never pickles).
 
 ``<dir>/last.safetensors`` holds the model, its EMA, the optimizer's moment tensors and the
-torch RNG state; ``<dir>/last.json`` holds the step, the elapsed training time, the
-optimizer's scalar state and the data sampler's RNG state. Both are replaced atomically.
+state of every random generator the stage draws from; its header metadata holds, as JSON,
+the step, the elapsed training time, the optimizer's scalar state, the data sampler's
+NumPy generator state and the stage's config. It is replaced atomically (written to a
+temporary name, then renamed), so a killed run leaves the previous snapshot whole.
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+SNAPSHOT = "last.safetensors"
+
+
+class SnapshotMismatch(ValueError):
+    """A snapshot was written by a run with another model or stage configuration."""
 
 
 def save_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                optimizer: torch.optim.Optimizer, step: int, elapsed: float, sampler_rng: np.random.Generator,
-               extra: dict | None = None) -> None:
-    """Write a resumable snapshot of a training stage."""
+               generators: dict[str, torch.Generator] | None = None, config: dict | None = None) -> Path:
+    """Write a resumable snapshot of a training stage; returns its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -34,26 +43,43 @@ def save_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.M
             else:
                 scalars[f"{pid}.{name}"] = float(val)
     tensors["rng.torch"] = torch.get_rng_state()
+    for name, gen in (generators or {}).items():
+        tensors[f"rng.gen.{name}"] = gen.get_state()
     meta = dict(step=step, elapsed=elapsed, optim_scalars=scalars, param_groups=opt["param_groups"],
-                sampler_rng=sampler_rng.bit_generator.state, extra=extra or {})
-    tmp_t, tmp_j = directory / "last.safetensors.tmp", directory / "last.json.tmp"
-    save_file(tensors, str(tmp_t))
-    tmp_j.write_text(json.dumps(meta))
-    os.replace(tmp_t, directory / "last.safetensors")
-    os.replace(tmp_j, directory / "last.json")
+                sampler_rng=sampler_rng.bit_generator.state, config=config)
+    tmp = directory / (SNAPSHOT + ".tmp")
+    save_file(tensors, str(tmp), metadata={"train_state": json.dumps(meta)})
+    os.replace(tmp, directory / SNAPSHOT)
+    return directory / SNAPSHOT
 
 
 def has_state(directory: str | Path) -> bool:
-    d = Path(directory)
-    return (d / "last.safetensors").exists() and (d / "last.json").exists()
+    return (Path(directory) / SNAPSHOT).exists()
+
+
+def _read(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = str(Path(directory) / SNAPSHOT)
+    with safe_open(path, framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("train_state", "{}"))
+    return load_file(path), meta
 
 
 def load_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module | None,
-               optimizer: torch.optim.Optimizer | None, sampler_rng: np.random.Generator | None) -> dict:
-    """Restore a snapshot written by :func:`save_state`; returns its JSON metadata."""
-    directory = Path(directory)
-    tensors = load_file(str(directory / "last.safetensors"))
-    meta = json.loads((directory / "last.json").read_text())
+               optimizer: torch.optim.Optimizer | None, sampler_rng: np.random.Generator | None,
+               generators: dict[str, torch.Generator] | None = None, config: dict | None = None) -> dict:
+    """Restore a snapshot written by :func:`save_state`; returns its JSON metadata.
+
+    Raises:
+        SnapshotMismatch: ``config`` differs from the one the snapshot was written with
+            (the message names the first differing field).
+    """
+    tensors, meta = _read(directory)
+    saved = meta.get("config")
+    if config is not None and saved is not None and saved != config:
+        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise SnapshotMismatch(f"{directory}: the snapshot was trained with other settings ({diff[0]}: "
+                               f"{saved.get(diff[0])!r} there, {config.get(diff[0])!r} now); use a new out= "
+                               f"directory or the old settings")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
@@ -68,6 +94,9 @@ def load_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.M
             state.setdefault(int(pid), {})[name] = torch.tensor(v)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
+    for name, gen in (generators or {}).items():
+        if f"rng.gen.{name}" in tensors:
+            gen.set_state(tensors[f"rng.gen.{name}"])
     if sampler_rng is not None:
         sampler_rng.bit_generator.state = meta["sampler_rng"]
     return meta
@@ -75,7 +104,7 @@ def load_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.M
 
 def load_trained(directory: str | Path, module: torch.nn.Module) -> torch.nn.Module:
     """Load a finished stage's weights into ``module``: the EMA weights if the snapshot has them."""
-    tensors = load_file(str(Path(directory) / "last.safetensors"))
+    tensors, _ = _read(directory)
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     return module

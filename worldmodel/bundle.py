@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from envs.games import GameSpec
+from worldmodel.device import resolve_device
 from worldmodel.config import DynamicsConfig, LAMConfig, SamplerConfig, TokenizerConfig, to_dict
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.lam import LatentActionModel
@@ -173,7 +174,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
     Raises:
         CheckpointError: missing directory or file, unreadable config, corrupt weights,
             weights that do not fit the config.
+        ValueError: an unknown device, or CUDA where there is none.
     """
+    device = resolve_device(device) if isinstance(device, str) else device
     path = resolve(name_or_path)
     try:
         cfg = json.loads((path / "config.json").read_text())

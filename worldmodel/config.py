@@ -10,6 +10,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 
+def check_positive(obj, *names: str) -> None:
+    """Raise ValueError naming the first of ``names`` that is not a positive integer."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def to_dict(obj) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}
+
+
 @dataclass
 class TokenizerConfig:
     """Frames <-> latent tokens.
@@ -30,6 +43,7 @@ class TokenizerConfig:
     hidden_channels: tuple[int, ...] = (32, 64, 128)
 
     def __post_init__(self):
+        check_positive(self, "frame_size", "patch_size", "latent_channels")
         if self.kind not in ("patch", "conv"):
             raise ValueError(f"tokenizer kind must be 'patch' or 'conv', got {self.kind!r}")
         self.hidden_channels = tuple(self.hidden_channels)
@@ -74,6 +88,9 @@ class LAMConfig:
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
         self.channels = tuple(self.channels)
+        check_positive(self, "history", "frame_size")
+        if not self.fsq_levels or min(self.fsq_levels) < 2:
+            raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
 
     @property
     def num_codes(self) -> int:
@@ -112,6 +129,8 @@ class DynamicsConfig:
     rope_base: float = 10_000.0
 
     def __post_init__(self):
+        check_positive(self, "width", "depth", "heads", "context_frames", "num_actions", "token_dim",
+                       "tokens_per_frame")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if (self.width // self.heads) % 2:
@@ -132,6 +151,11 @@ class SamplerConfig:
 
     steps: int = 4
     context_noise: float = 0.0
+
+    def __post_init__(self):
+        check_positive(self, "steps")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"SamplerConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
 
 
 @dataclass
@@ -174,7 +198,8 @@ def update_dataclass(obj, overrides: dict | None, *, where: str):
     """Return a copy of dataclass ``obj`` with ``overrides`` applied.
 
     Raises:
-        ValueError: an override names a field the dataclass does not have.
+        ValueError: an override names a field the dataclass does not have, or gives a value
+            of the wrong type or range.
     """
     if not overrides:
         return replace(obj)
@@ -182,9 +207,8 @@ def update_dataclass(obj, overrides: dict | None, *, where: str):
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"unknown {where} setting(s) {sorted(unknown)}; known: {sorted(names)}")
-    return replace(obj, **overrides)
+    try:
+        return replace(obj, **overrides)
+    except (TypeError, ZeroDivisionError) as e:
+        raise ValueError(f"bad {where} setting in {overrides}: {e}") from None
 
-
-def to_dict(obj) -> dict:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(obj).items()}

@@ -25,6 +25,10 @@ from worldmodel.kv_cache import KVCache
 
 REWARD_CLASSES = (-1.0, 0.0, 1.0)
 """The reward head classifies the reward's sign (as IRIS and DIAMOND do for Atari)."""
+REWARD_CLASS_WEIGHTS = (20.0, 1.0, 20.0)
+"""Cross-entropy class weights of the reward head in training (non-zero rewards are rare)."""
+END_POS_WEIGHT = 50.0
+"""Positive-class weight of the end head's binary cross-entropy in training (ends are rare)."""
 
 
 @dataclass
@@ -40,6 +44,18 @@ class DynamicsOutput:
     x0: torch.Tensor
     reward_logits: torch.Tensor
     end_logits: torch.Tensor
+
+    def reward_and_end(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded heads: rewards ``(B, F)`` float (-1, 0 or +1) and terminated ``(B, F)`` bool.
+
+        The heads were trained with class weights (:data:`REWARD_CLASS_WEIGHTS`,
+        :data:`END_POS_WEIGHT`), which scale each class's odds by its weight; subtracting the
+        log weights recovers the unweighted posterior before taking the most likely class.
+        """
+        w = torch.tensor(REWARD_CLASS_WEIGHTS, device=self.reward_logits.device)
+        cls = (self.reward_logits.float() - w.log()).argmax(-1)
+        rewards = torch.tensor(REWARD_CLASSES, device=cls.device)[cls]
+        return rewards, self.end_logits.float() > math.log(END_POS_WEIGHT)
 
 
 class NoiseLevelEmbedder(nn.Module):

@@ -7,7 +7,6 @@ import torch
 
 from worldmodel.bundle import ModelBundle
 from worldmodel.diffusion import euler_step, sampling_schedule
-from worldmodel.dynamics import REWARD_CLASSES
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
 
 BACKENDS = ("auto", "torch")
@@ -41,7 +40,7 @@ class Simulator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size, self.backend = model, batch_size, "torch"
         self.device = next(model.dynamics.parameters()).device
-        self.steps = sampling_steps or model.sampler.steps
+        self.steps = model.sampler.steps if sampling_steps is None else sampling_steps
         self.schedule = sampling_schedule(self.steps)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
         self.generator = torch.Generator(self.device).manual_seed(seed)
@@ -166,9 +165,9 @@ class Simulator:
         levels = torch.full((b, 1), self.context_noise, device=self.device)
         out = dyn(self._noised(x, levels), levels, acts, positions, cache=self.cache, write=True)
         frames = tensor_to_frames(self.model.tokenizer.decode(x))[:, 0].cpu().numpy()
-        classes = torch.tensor(REWARD_CLASSES, device=self.device)
-        rewards = classes[out.reward_logits[:, 0].argmax(-1)].cpu().numpy().astype(np.float32)
-        terminated = (out.end_logits[:, 0] > 0).cpu().numpy()
+        rewards, terminated = out.reward_and_end()
+        rewards = rewards[:, 0].cpu().numpy().astype(np.float32)
+        terminated = terminated[:, 0].cpu().numpy()
         self.last_frames = frames
         self.step_count += 1
         return frames, rewards, terminated
