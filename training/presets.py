@@ -40,7 +40,7 @@ BUDGETS: dict[str, TrainBudget] = {
         record=RecordBudget(episodes=70, heldout_episodes=6, max_steps=1500, num_envs=2),
         tokenizer=StageBudget(steps=3000, minutes=10, batch_size=8, lr=1e-3, warmup=100),
         lam=StageBudget(steps=3000, minutes=6, batch_size=16, lr=1e-3, warmup=100),
-        dynamics=StageBudget(steps=6000, minutes=85, batch_size=8, lr=4e-4, warmup=200, ema=0.999),
+        dynamics=StageBudget(steps=6000, minutes=80, batch_size=8, lr=4e-4, warmup=200, ema=0.999),
     ),
     # One GPU.
     "gpu": TrainBudget(

@@ -115,7 +115,7 @@ class DynamicsConfig:
             is reserved for "no action" (an episode's first frame).
         token_dim: size of one input token (from the tokenizer).
         tokens_per_frame: tokens per frame (from the tokenizer).
-        rope_base: base of the rotary embedding over frame indices.
+        rope_base: base of the rotary embedding over (frame, row, column) positions.
     """
 
     width: int = 192
@@ -133,8 +133,9 @@ class DynamicsConfig:
                        "tokens_per_frame")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if (self.width // self.heads) % 2:
-            raise ValueError(f"head dimension {self.width // self.heads} must be even for rotary embeddings")
+        head_dim = self.width // self.heads
+        if head_dim % 2 or head_dim < 6:
+            raise ValueError(f"head dimension {head_dim} must be even and >= 6 for the 3-D rotary embedding")
         if self.context_frames < 2:
             raise ValueError(f"context_frames must be >= 2, got {self.context_frames}")
 

@@ -2,9 +2,12 @@
 
 Frame ``j`` of a sequence is conditioned, through adaptive layer norm (DiT's adaLN-Zero,
 Peebles & Xie 2023), on its own noise level and on the action that produced it,
-``a_{j-1}``. Its tokens attend to their own frame and to every earlier frame (block-causal
-attention); the frame index enters as a rotary embedding (Su et al. 2021, RoFormer), so a
-rolling KV cache with absolute indices stays correct however long the rollout.
+``a_{j-1}``. Each of its tokens is the concatenation of its own (noisy) token and the token
+at the same place in frame ``j-1`` (frame stacking, as DIAMOND conditions its denoiser on
+past frames), so copying what does not move is immediate. Tokens attend to their own frame
+and to every earlier frame (block-causal attention); positions enter as a 3-D rotary
+embedding over (frame, row, column) (Su et al. 2021, RoFormer), so a rolling KV cache with
+absolute frame indices stays correct however long the rollout.
 
 Reward and end heads read the frame's pooled features and predict ``r_{j-1}`` (as its
 sign, -1/0/+1) and ``terminated_{j-1}``, the reward and end flag of the same transition.
@@ -74,11 +77,24 @@ class NoiseLevelEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
 
 
+def rotary_split(head_dim: int) -> tuple[int, int, int]:
+    """How a head's dimensions are shared by the (frame, row, column) rotary axes; each is even."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
 def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables ``(B, 1, L, head_dim)`` for per-token frame indices ``positions (B, L)``."""
-    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[..., None] * inv                      # (B, L, Dh/2)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]            # (B, 1, L, Dh)
+    """cos and sin tables ``(B, 1, L, head_dim)`` for per-token positions ``(B, L, 3)`` (frame, row, column).
+
+    Each axis rotates its own slice of the head's dimensions (a 3-D RoPE), so attention
+    scores depend on the relative frame offset and the relative position in the grid.
+    """
+    angles = []
+    for axis, dims in enumerate(rotary_split(head_dim)):
+        inv = 1.0 / base ** (torch.arange(0, dims, 2, device=positions.device, dtype=torch.float32) / dims)
+        angles.append(positions[..., axis].float()[..., None] * inv)            # (B, L, dims/2)
+    angles = torch.cat(angles, dim=-1)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]                        # (B, 1, L, Dh)
     return angles.cos(), angles.sin()
 
 
@@ -182,7 +198,7 @@ class DynamicsModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.width
-        self.in_proj = nn.Linear(cfg.token_dim, d)
+        self.in_proj = nn.Linear(2 * cfg.token_dim, d)           # (own token, same place in frame j-1)
         self.pos_emb = nn.Parameter(torch.zeros(1, 1, cfg.tokens_per_frame, d))
         self.noise_emb = NoiseLevelEmbedder(d)
         self.action_emb = nn.Embedding(cfg.num_actions + 1, d)
@@ -215,6 +231,16 @@ class DynamicsModel(nn.Module):
         return KVCache(depth=self.cfg.depth, batch=batch, heads=self.cfg.heads, slots=self.cfg.context_frames - 1,
                        tokens_per_frame=self.cfg.tokens_per_frame, head_dim=self.head_dim, device=device, dtype=dtype)
 
+    def token_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Frame indices ``(B, F)`` -> per-token (frame, row, column) ``(B, F*N, 3)``."""
+        n = self.cfg.tokens_per_frame
+        grid = int(round(n ** 0.5))
+        idx = torch.arange(n, device=positions.device)
+        spatial = torch.stack([idx // grid, idx % grid], dim=-1)                    # (N, 2)
+        b, f = positions.shape
+        frame = positions[:, :, None, None].expand(b, f, n, 1)
+        return torch.cat([frame, spatial.expand(b, f, n, 2)], dim=-1).reshape(b, f * n, 3)
+
     def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Per-frame conditioning ``(B, F, D)``; ``actions`` < 0 mean "no action"."""
         null = torch.full_like(actions, self.cfg.num_actions)
@@ -222,7 +248,7 @@ class DynamicsModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                write: bool = False) -> DynamicsOutput:
+                write: bool = False, prev_tokens: torch.Tensor | None = None) -> DynamicsOutput:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Args:
@@ -233,6 +259,8 @@ class DynamicsModel(nn.Module):
             cache: past frames' keys and values; the new frames attend to all valid ones.
             write: store the new frames' keys and values in ``cache`` (the newest
                 ``context_frames - 1`` of them) and advance it.
+            prev_tokens: ``(B, 1, N, D_tok)`` tokens of the frame before the first new one, as
+                they were fed to the model (zeros when ``None``: an episode's first frame).
 
         Returns:
             :class:`DynamicsOutput` for the ``F`` frames.
@@ -241,8 +269,11 @@ class DynamicsModel(nn.Module):
         if positions is None:
             positions = torch.arange(f, device=tokens.device).expand(b, f)
         c = self.condition(noise_levels, actions)                                   # (B, F, D)
-        x = self.in_proj(tokens) + self.pos_emb                                     # (B, F, N, D)
-        rope = rotary_tables(positions.repeat_interleave(n, dim=1), self.head_dim, self.cfg.rope_base)
+        if prev_tokens is None:
+            prev_tokens = torch.zeros_like(tokens[:, :1])
+        prev = torch.cat([prev_tokens.to(tokens.dtype), tokens[:, :-1]], dim=1)    # (B, F, N, D_tok)
+        x = self.in_proj(torch.cat([tokens, prev], dim=-1)) + self.pos_emb         # (B, F, N, D)
+        rope = rotary_tables(self.token_positions(positions), self.head_dim, self.cfg.rope_base)
         mask = block_causal_mask(f, n, tokens.device)[None, None]                   # (1, 1, L, L)
         if cache is not None:
             past = cache.token_mask()[:, None, None, :].expand(b, 1, f * n, -1)     # (B, 1, L, S)

@@ -51,6 +51,9 @@ class Simulator:
         self.num_actions = model.dynamics_config.num_actions
         self.step_count = np.zeros(batch_size, np.int64)
         self.last_frames: np.ndarray | None = None
+        # Tokens of each dream's latest frame as written into the cache: the next frame is
+        # conditioned on them (frame stacking) besides attending to the cache.
+        self.prev_tokens = torch.zeros((batch_size, 1, *self.token_shape), device=self.device)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -108,8 +111,11 @@ class Simulator:
         if env_ids is None:
             self.cache.clear()
             self.model.dynamics(tokens, levels, cond, positions, cache=self.cache, write=True)
+            self.prev_tokens = tokens[:, -1:].clone()
         else:
-            self._reset_subset(torch.as_tensor(ids, device=self.device), tokens, levels, cond, positions)
+            ids_t = torch.as_tensor(ids, device=self.device)
+            self._reset_subset(ids_t, tokens, levels, cond, positions)
+            self.prev_tokens[ids_t] = tokens[:, -1:]
         if self.last_frames is None:
             self.last_frames = np.zeros((self.batch_size, *self.frame_shape), np.uint8)
         self.last_frames[ids] = frames_t[:, -1].cpu().numpy()
@@ -160,10 +166,12 @@ class Simulator:
         dyn = self.model.dynamics
         for s, s_next in zip(self.schedule[:-1], self.schedule[1:]):
             levels = torch.full((b, 1), s, device=self.device)
-            x0 = dyn(x, levels, acts, positions, cache=self.cache).x0
+            x0 = dyn(x, levels, acts, positions, cache=self.cache, prev_tokens=self.prev_tokens).x0
             x = euler_step(x, x0, s, s_next)
         levels = torch.full((b, 1), self.context_noise, device=self.device)
-        out = dyn(self._noised(x, levels), levels, acts, positions, cache=self.cache, write=True)
+        written = self._noised(x, levels)
+        out = dyn(written, levels, acts, positions, cache=self.cache, write=True, prev_tokens=self.prev_tokens)
+        self.prev_tokens = written
         frames = tensor_to_frames(self.model.tokenizer.decode(x))[:, 0].cpu().numpy()
         rewards, terminated = out.reward_and_end()
         rewards = rewards[:, 0].cpu().numpy().astype(np.float32)
