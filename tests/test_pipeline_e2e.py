@@ -166,3 +166,15 @@ def test_export_without_a_trained_dynamics_model_is_refused(pipeline_run, tmp_pa
     with pytest.raises(ValueError, match="not trained"):
         run(cfg)
     assert not (tmp_path / "exported").exists()
+
+
+def test_tokenizer_only_run_measures_the_conv_tokenizer(pipeline_run, tmp_path):
+    root, _, _ = pipeline_run
+    cfg = build_config(dict(preset="tiny", dataset=str(root / "data"), heldout=str(root / "heldout"),
+                            progress=False, stages=["tokenizer"], out=str(tmp_path / "tok"),
+                            model={"tokenizer": {"kind": "conv"}}))
+    metrics = run(cfg)
+    rec = metrics["tokenizer_reconstruction"]
+    assert 0 < rec["psnr"] < 100 and np.isfinite(rec["psnr_moving"])   # lossy, unlike patchify
+    assert metrics["tokenizer"]["step"] == cfg.budget.tokenizer.steps
+    assert (tmp_path / "tok" / "metrics.json").exists() and not (tmp_path / "tok" / "bundle").exists()

@@ -216,8 +216,10 @@ def run(cfg: PipelineConfig) -> dict:
                                                  moving_weight=cfg.moving_weight, generator=gen),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
-        raise ValueError(f"the dynamics model is not trained: run the dynamics stage first (no snapshot in "
-                         f"{out / 'dynamics'})")
+        if cfg.export or "evaluate" in cfg.stages:
+            raise ValueError(f"the dynamics model is not trained: run the dynamics stage first (no snapshot in "
+                             f"{out / 'dynamics'})")
+        return _finish(out, metrics, t_start)  # only earlier stages were asked for: no bundle to write
     dynamics = trained
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
@@ -239,15 +241,19 @@ def run(cfg: PipelineConfig) -> dict:
         if horizon >= 1:
             metrics["video"] = str(write_video(bundle, held_eps, out / "real_vs_dream.gif", horizon=horizon,
                                                windows=min(4, b.eval_windows), seed=cfg.seed))
-    metrics["wall_minutes"] = (time.time() - t_start) / 60
     bundle.info["metrics"] = {k: metrics[k] for k in ("teacher_forced", "paddle_control") if k in metrics}
     bundle.save(out / "bundle")
     if cfg.export:
         bundle.save(cfg.export)
         print(f"exported the bundle to {cfg.export}")
+    return _finish(out, metrics, t_start)
+
+
+def _finish(out: Path, metrics: dict, t_start: float) -> dict:
+    metrics["wall_minutes"] = (time.time() - t_start) / 60
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    print(json.dumps({k: metrics[k] for k in ("teacher_forced", "paddle_control", "wall_minutes") if k in metrics},
-                     indent=2, default=str))
+    shown = ("tokenizer_reconstruction", "teacher_forced", "paddle_control", "wall_minutes")
+    print(json.dumps({k: metrics[k] for k in shown if k in metrics}, indent=2, default=str))
     return metrics
 
 
