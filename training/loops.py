@@ -183,8 +183,8 @@ def lam_loss_fn(sampler: WindowSampler, batch_size: int, device, moving_weight: 
 
 
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
-                     reward_weight: float = 0.1, end_weight: float = 0.1, action_source=None,
-                     generator: torch.Generator | None = None):
+                     noise_shift: float = 1.0, reward_weight: float = 0.1, end_weight: float = 0.1,
+                     action_source=None, generator: torch.Generator | None = None):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     Slot 0 of a window has no past and only serves as context. The reward and end heads are
@@ -204,7 +204,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
-        levels = sample_noise_levels(b, t, generator=generator, device=device)
+        levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         out = dyn(add_noise(x0, levels, eps), levels, actions)
         err = (out.x0.float() - x0).pow(2) * w

@@ -213,7 +213,8 @@ def run(cfg: PipelineConfig) -> dict:
     gen = torch.Generator(device).manual_seed(cfg.seed + 4)
     trained = stage("dynamics", dynamics, m.dynamics,
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
-                                                 moving_weight=cfg.moving_weight, generator=gen),
+                                                 moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
+                                                 generator=gen),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
         if cfg.export or "evaluate" in cfg.stages:

@@ -148,13 +148,18 @@ class SamplerConfig:
         steps: denoising steps per frame.
         context_noise: noise level the finished frame is written into the KV cache with
             (0 = clean; a little noise makes long rollouts more robust, Diffusion Forcing).
+        noise_shift: shift of the noise levels towards 1, the same in training and
+            sampling (:func:`worldmodel.diffusion.shift_noise_levels`; 1 = none).
     """
 
     steps: int = 4
     context_noise: float = 0.0
+    noise_shift: float = 3.0
 
     def __post_init__(self):
         check_positive(self, "steps")
+        if not self.noise_shift > 0:
+            raise ValueError(f"SamplerConfig.noise_shift must be > 0, got {self.noise_shift!r}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"SamplerConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
 

@@ -34,32 +34,45 @@ def add_noise(x0: torch.Tensor, noise_levels: torch.Tensor, eps: torch.Tensor) -
     return (1.0 - s) * x0 + s * eps
 
 
+def shift_noise_levels(s: torch.Tensor | float, shift: float):
+    """Shift noise levels towards 1: ``s' = shift s / (1 + (shift - 1) s)``.
+
+    The time-step shift of Esser et al. 2024 ("Scaling Rectified Flow Transformers", eq. 23).
+    Predicting the next frame from nearly pure noise is where the action matters (at low
+    noise the noisy frame itself gives the answer away), so training and sampling spend
+    more of their effort there. ``shift = 1`` is the identity.
+    """
+    return shift * s / (1 + (shift - 1) * s)
+
+
 def sample_noise_levels(batch: int, frames: int, *, context_prob: float = 0.5, context_max: float = 0.1,
-                        generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+                        shift: float = 1.0, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Independent per-frame noise levels for diffusion-forcing training.
 
     Each frame independently is, with probability ``context_prob``, "context-like"
     (``s ~ U(0, context_max)``, as the clean or lightly noised past is at inference) and
-    otherwise ``s ~ U(0, 1)``. Biasing towards low levels puts most frames' past in the
-    regime the KV-cached sampler uses, while every (past, present) level pair still occurs.
+    otherwise a shifted uniform level (:func:`shift_noise_levels`). Biasing the past towards
+    low levels puts it in the regime the KV-cached sampler uses, while every (past, present)
+    level pair still occurs.
 
     Returns:
         ``(batch, frames)`` float32 levels in [0, 1].
     """
     u = torch.rand(batch, frames, generator=generator, device=device)
     ctx = torch.rand(batch, frames, generator=generator, device=device) < context_prob
-    return torch.where(ctx, u * context_max, u)
+    return torch.where(ctx, u * context_max, shift_noise_levels(u, shift))
 
 
-def sampling_schedule(steps: int) -> list[float]:
-    """Noise levels visited by the sampler: ``steps + 1`` values from 1 down to 0.
+def sampling_schedule(steps: int, shift: float = 1.0) -> list[float]:
+    """Noise levels visited by the sampler: ``steps + 1`` values from 1 down to 0, evenly
+    spaced and then shifted like the training levels (:func:`shift_noise_levels`).
 
     Raises:
         ValueError: ``steps < 1``.
     """
     if steps < 1:
         raise ValueError(f"sampling steps must be >= 1, got {steps}")
-    return [1.0 - i / steps for i in range(steps + 1)]
+    return [float(shift_noise_levels(1.0 - i / steps, shift)) for i in range(steps + 1)]
 
 
 def euler_step(x_s: torch.Tensor, x0_hat: torch.Tensor, s: float, s_next: float) -> torch.Tensor:

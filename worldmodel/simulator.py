@@ -41,7 +41,7 @@ class Simulator:
         self.model, self.batch_size, self.backend = model, batch_size, "torch"
         self.device = next(model.dynamics.parameters()).device
         self.steps = model.sampler.steps if sampling_steps is None else sampling_steps
-        self.schedule = sampling_schedule(self.steps)
+        self.schedule = sampling_schedule(self.steps, model.sampler.noise_shift)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.cache = model.dynamics.new_cache(batch_size, device=self.device)
