@@ -202,6 +202,9 @@ class DynamicsModel(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(1, 1, cfg.tokens_per_frame, d))
         self.noise_emb = NoiseLevelEmbedder(d)
         self.action_emb = nn.Embedding(cfg.num_actions + 1, d)
+        # The action also enters the residual stream of every token of its frame, so that
+        # attention can use it from the first layer on (adaLN gates start closed).
+        self.action_in = nn.Embedding(cfg.num_actions + 1, d)
         self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final = FinalLayer(d, cfg.token_dim)
         self.head_norm = nn.LayerNorm(d)
@@ -216,6 +219,7 @@ class DynamicsModel(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.action_emb.weight, std=0.02)
+        nn.init.normal_(self.action_in.weight, std=0.5)
         for blk in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
@@ -243,8 +247,11 @@ class DynamicsModel(nn.Module):
 
     def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Per-frame conditioning ``(B, F, D)``; ``actions`` < 0 mean "no action"."""
-        null = torch.full_like(actions, self.cfg.num_actions)
-        return self.noise_emb(noise_levels) + self.action_emb(torch.where(actions < 0, null, actions))
+        return self.noise_emb(noise_levels) + self.action_emb(self._action_index(actions))
+
+    def _action_index(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions ``(B, F)`` with -1 for "none" -> embedding indices (``num_actions`` for "none")."""
+        return torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions)
 
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -273,6 +280,7 @@ class DynamicsModel(nn.Module):
             prev_tokens = torch.zeros_like(tokens[:, :1])
         prev = torch.cat([prev_tokens.to(tokens.dtype), tokens[:, :-1]], dim=1)    # (B, F, N, D_tok)
         x = self.in_proj(torch.cat([tokens, prev], dim=-1)) + self.pos_emb         # (B, F, N, D)
+        x = x + self.action_in(self._action_index(actions))[:, :, None]
         rope = rotary_tables(self.token_positions(positions), self.head_dim, self.cfg.rope_base)
         mask = block_causal_mask(f, n, tokens.device)[None, None]                   # (1, 1, L, L)
         if cache is not None:
