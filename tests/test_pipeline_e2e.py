@@ -178,3 +178,22 @@ def test_tokenizer_only_run_measures_the_conv_tokenizer(pipeline_run, tmp_path):
     assert 0 < rec["psnr"] < 100 and np.isfinite(rec["psnr_moving"])   # lossy, unlike patchify
     assert metrics["tokenizer"]["step"] == cfg.budget.tokenizer.steps
     assert (tmp_path / "tok" / "metrics.json").exists() and not (tmp_path / "tok" / "bundle").exists()
+
+
+def test_warm_start_from_a_bundle(pipeline_run, tmp_path):
+    root, cfg, _ = pipeline_run
+    common = dict(preset="tiny", dataset=str(root / "data"), heldout=str(root / "heldout"), progress=False,
+                  start_windows=2, stages=["dynamics"], budget={"dynamics": {"steps": 1}})
+    source = worldmodel.load(root / "run" / "bundle")
+    metrics = run(build_config(dict(common, out=str(tmp_path / "warm"), init_from=str(root / "run" / "bundle"),
+                                    budget={"dynamics": {"steps": 0}})))
+    assert metrics["dynamics"]["step"] == 0
+    from training.train_state import load_trained
+    from worldmodel.dynamics import DynamicsModel
+
+    warm = load_trained(tmp_path / "warm" / "dynamics", DynamicsModel(source.dynamics_config))
+    for (k, a), b in zip(warm.state_dict().items(), source.dynamics.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(ValueError, match="width"):
+        run(build_config(dict(common, out=str(tmp_path / "bad"), init_from=str(root / "run" / "bundle"),
+                              model={"dynamics": {"width": 32}})))

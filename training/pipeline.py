@@ -28,7 +28,7 @@ from training.evaluate import paddle_control, teacher_forced, tokenizer_reconstr
 from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage, tokenizer_loss_fn)
 from training.presets import TrainBudget, get_budget
 from training.train_state import has_state, load_trained
-from worldmodel.bundle import ModelBundle
+from worldmodel.bundle import ModelBundle, load
 from worldmodel.config import ModelPreset, get_preset, to_dict, update_dataclass
 from worldmodel.device import resolve_device
 from worldmodel.dynamics import DynamicsModel
@@ -55,6 +55,9 @@ class PipelineConfig:
         stages: which stages to run.
         moving_weight: extra loss weight of moving pixels.
         start_windows: real start windows stored in the bundle.
+        init_from: warm start: a bundle (shipped name or directory) whose weights initialise
+            each stage that has no snapshot of its own yet, so quality can grow over several
+            runs (the model configs must match the bundle's).
         progress: progress bars.
     """
 
@@ -70,6 +73,7 @@ class PipelineConfig:
     stages: tuple[str, ...] = STAGES
     moving_weight: float = 20.0
     start_windows: int = 32
+    init_from: str | None = None
     progress: bool = True
     model: ModelPreset = field(default_factory=ModelPreset)
     budget: TrainBudget = field(default_factory=TrainBudget)
@@ -179,6 +183,8 @@ def run(cfg: PipelineConfig) -> dict:
 
         Returns the trained (EMA) module, or None when it was neither trained nor found."""
         if name in cfg.stages:
+            if warm is not None and not has_state(out / name):
+                _warm_start(module, module_cfg, warm, name)
             sampler = WindowSampler(episodes, window, seed=seed)
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
                                      amp=stage_amp, frames_per_step=window * budget.batch_size, progress=cfg.progress,
@@ -189,6 +195,7 @@ def run(cfg: PipelineConfig) -> dict:
             return load_trained(out / name, module).eval()
         return None
 
+    warm = load(cfg.init_from) if cfg.init_from else None
     tokenizer = build_tokenizer(m.tokenizer).to(device)
     if m.tokenizer.kind != "patch":
         tokenizer = stage("tokenizer", tokenizer, m.tokenizer,
@@ -248,6 +255,26 @@ def run(cfg: PipelineConfig) -> dict:
         bundle.save(cfg.export)
         print(f"exported the bundle to {cfg.export}")
     return _finish(out, metrics, t_start)
+
+
+def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> None:
+    """Copy a bundle's weights of stage ``name`` into ``module``.
+
+    Raises:
+        ValueError: the bundle lacks that model, or its config differs (naming the field).
+    """
+    source, source_cfg = {"tokenizer": (bundle.tokenizer, bundle.tokenizer_config),
+                          "lam": (bundle.lam, bundle.lam_config),
+                          "dynamics": (bundle.dynamics, bundle.dynamics_config)}[name]
+    if source is None:
+        raise ValueError(f"init_from: the bundle has no {name} model")
+    mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
+    diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if diff:
+        raise ValueError(f"init_from: the bundle's {name} differs in {diff[0]} ({theirs.get(diff[0])!r} there, "
+                         f"{mine[diff[0]]!r} here)")
+    module.load_state_dict(source.state_dict())
+    print(f"[{name}] warm start from the init_from bundle")
 
 
 def _finish(out: Path, metrics: dict, t_start: float) -> dict:
