@@ -75,6 +75,25 @@ def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int 
             "frames": len(real)}
 
 
+def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,
+                           sampling_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prime with ``context_frames - 1`` real frames, then step ``horizon`` times with the recorded actions.
+
+    Returns:
+        ``(real, dream)`` uint8 arrays, aligned:
+        ``dream[:, k]`` is the model's frame for ``real[:, k + 1]``; the real frames are
+        ``real (W, horizon + 1, H, W, 3)``, starting with the last context frame.
+    """
+    ctx = model.dynamics_config.context_frames - 1
+    data = sample_windows(episodes, ctx + horizon, windows, seed)
+    frames = np.stack([f for f, _ in data])                                 # (W, ctx+H, h, w, 3)
+    actions = np.stack([a for _, a in data])                                # (W, ctx+H-1)
+    sim = Simulator(model, batch_size=len(data), seed=seed, sampling_steps=sampling_steps)
+    sim.reset(frames[:, :ctx], actions[:, :ctx - 1])
+    dream = np.stack([sim.step(actions[:, ctx - 1 + k])[0] for k in range(horizon)], axis=1)
+    return frames[:, ctx - 1:], dream
+
+
 def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4, 16), windows: int = 32,
                    seed: int = 0, sampling_steps: int | None = None) -> dict:
     """Teacher-forced rollout figures.
@@ -87,18 +106,13 @@ def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 
         "copy_last_psnr_moving": {h: dB}, "windows": n}``; the ``copy_last`` figures are the
         baseline that repeats the last real context frame.
     """
-    ctx = model.dynamics_config.context_frames - 1
-    horizon = max(horizons)
-    data = sample_windows(episodes, ctx + horizon, windows, seed)
-    frames = np.stack([f for f, _ in data])                                 # (W, ctx+H, h, w, 3)
-    actions = np.stack([a for _, a in data])                                # (W, ctx+H-1)
-    sim = Simulator(model, batch_size=len(data), seed=seed, sampling_steps=sampling_steps)
-    sim.reset(frames[:, :ctx], actions[:, :ctx - 1])
-    dreamt = [sim.step(actions[:, ctx - 1 + k])[0] for k in range(horizon)]
-    result = {"psnr": {}, "psnr_moving": {}, "copy_last_psnr": {}, "copy_last_psnr_moving": {}, "windows": len(data)}
+    real_all, dream = teacher_forced_rollout(model, episodes, horizon=max(horizons), windows=windows, seed=seed,
+                                             sampling_steps=sampling_steps)
+    result = {"psnr": {}, "psnr_moving": {}, "copy_last_psnr": {}, "copy_last_psnr_moving": {},
+              "windows": len(real_all)}
+    copy = real_all[:, 0]                                                   # the last real context frame
     for h in horizons:
-        real, prev, fake = frames[:, ctx - 1 + h], frames[:, ctx - 2 + h], dreamt[h - 1]
-        copy = frames[:, ctx - 1]
+        real, prev, fake = real_all[:, h], real_all[:, h - 1], dream[:, h - 1]
         mask = moving_pixels(real, prev)
         result["psnr"][h] = float(np.mean([psnr(r, f) for r, f in zip(real, fake)]))
         result["copy_last_psnr"][h] = float(np.mean([psnr(r, c) for r, c in zip(real, copy)]))
@@ -142,16 +156,10 @@ def write_video(model: ModelBundle, episodes: list[Episode], path: str | Path, *
     """A GIF of ``real | dream | |difference|`` rows, one row per window, teacher-forced."""
     import imageio.v3 as iio
 
-    ctx = model.dynamics_config.context_frames - 1
-    data = sample_windows(episodes, ctx + horizon, windows, seed + 1)
-    frames = np.stack([f for f, _ in data])
-    actions = np.stack([a for _, a in data])
-    sim = Simulator(model, batch_size=windows, seed=seed)
-    sim.reset(frames[:, :ctx], actions[:, :ctx - 1])
+    real_all, dream = teacher_forced_rollout(model, episodes, horizon=horizon, windows=windows, seed=seed + 1)
     video = []
     for k in range(horizon):
-        fake = sim.step(actions[:, ctx - 1 + k])[0]
-        real = frames[:, ctx + k]
+        real, fake = real_all[:, k + 1], dream[:, k]
         diff = np.abs(real.astype(np.int16) - fake.astype(np.int16)).astype(np.uint8)
         rows = [np.concatenate([r, f, d], axis=1) for r, f, d in zip(real, fake, diff)]
         video.append(np.concatenate(rows, axis=0).repeat(scale, 0).repeat(scale, 1))

@@ -24,7 +24,7 @@ import torch
 from envs.games import get_game
 from recorders.collect import RecordConfig, record
 from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler
-from training.evaluate import paddle_control, teacher_forced, tokenizer_reconstruction, write_video
+from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
 from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage, tokenizer_loss_fn)
 from training.presets import TrainBudget, get_budget
 from training.train_state import has_state, load_trained
@@ -144,15 +144,9 @@ def ensure_datasets(cfg: PipelineConfig) -> tuple[EpisodeDataset, EpisodeDataset
 
 
 def _start_windows(held: EpisodeDataset, length: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    sampler = WindowSampler([held[i] for i in range(len(held))], length, seed=seed)
-    frames, actions = [], []
-    for k in range(count):
-        e = k % len(sampler.episodes)
-        start = int(sampler.rng.integers(sampler._n_starts[e]))
-        ep = sampler.episodes[e]
-        frames.append(ep.frames[start:start + length])
-        actions.append(ep.actions[start:start + length - 1])
-    return torch.as_tensor(np.stack(frames)), torch.as_tensor(np.stack(actions))
+    """``count`` real held-out windows of ``length`` frames to start dreams from."""
+    data = sample_windows([held[i] for i in range(len(held))], length, count, seed)
+    return torch.as_tensor(np.stack([f for f, _ in data])), torch.as_tensor(np.stack([a for _, a in data]))
 
 
 def run(cfg: PipelineConfig) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from worldmodel.bundle import ModelBundle
-from worldmodel.diffusion import euler_step, sampling_schedule
+from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
 
 BACKENDS = ("auto", "torch")
@@ -138,9 +138,7 @@ class Simulator:
     def _noised(self, tokens: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         if self.context_noise <= 0:
             return tokens
-        eps = torch.randn(tokens.shape, generator=self.generator, device=self.device)
-        s = levels[..., None, None]
-        return (1 - s) * tokens + s * eps
+        return add_noise(tokens, levels, torch.randn(tokens.shape, generator=self.generator, device=self.device))
 
     @torch.inference_mode()
     def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
