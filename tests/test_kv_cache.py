@@ -37,7 +37,7 @@ def test_cached_forward_equals_full_forward(dyn, k):
         cache = dyn.new_cache(2)
         primed = dyn(tokens[:, :k], levels[:, :k], actions[:, :k], cache=cache, write=True)
         last = dyn(tokens[:, k:], levels[:, k:], actions[:, k:], positions=torch.full((2, 1), k), cache=cache,
-                   prev_tokens=tokens[:, k - 1:k])
+                   prev_tokens=tokens[:, k - 1:k], prev_level=levels[:, k - 1:k])
     torch.testing.assert_close(primed.x0, full.x0[:, :k], atol=ATOL, rtol=0)
     torch.testing.assert_close(last.x0, full.x0[:, k:], atol=ATOL, rtol=0)
     torch.testing.assert_close(last.reward_logits, full.reward_logits[:, k:], atol=ATOL, rtol=0)
@@ -45,7 +45,7 @@ def test_cached_forward_equals_full_forward(dyn, k):
     # Without the cache the last frame alone is something else: the test can fail.
     with torch.no_grad():
         alone = dyn(tokens[:, k:], levels[:, k:], actions[:, k:], positions=torch.full((2, 1), k),
-                    prev_tokens=tokens[:, k - 1:k])
+                    prev_tokens=tokens[:, k - 1:k], prev_level=levels[:, k - 1:k])
     assert (alone.x0 - full.x0[:, k:]).abs().max() > 100 * ATOL
 
 
@@ -56,7 +56,8 @@ def test_frame_by_frame_writes_equal_full_forward(dyn):
         full = dyn(tokens, levels, actions)
         cache = dyn.new_cache(2)
         outs = [dyn(tokens[:, i:i + 1], levels[:, i:i + 1], actions[:, i:i + 1], positions=torch.full((2, 1), i),
-                    cache=cache, write=True, prev_tokens=tokens[:, i - 1:i] if i else None).x0 for i in range(f)]
+                    cache=cache, write=True, prev_tokens=tokens[:, i - 1:i] if i else None,
+                    prev_level=levels[:, i - 1:i] if i else 0.0).x0 for i in range(f)]
     torch.testing.assert_close(torch.cat(outs, dim=1), full.x0, atol=ATOL, rtol=0)
 
 

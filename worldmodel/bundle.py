@@ -191,7 +191,8 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
                               f"{BUNDLE_FORMAT!r} v{BUNDLE_VERSION}")
     try:
         tok_cfg = TokenizerConfig(**cfg["tokenizer"])
-        dyn_cfg = DynamicsConfig(**cfg["dynamics"])
+        # Bundles written before the previous-frame skip existed predict frames without it.
+        dyn_cfg = DynamicsConfig(**{"prev_skip": False, **cfg["dynamics"]})
         lam_cfg = LAMConfig(**cfg["lam"]) if cfg.get("lam") else None
         sampler = SamplerConfig(**cfg.get("sampler", {}))
     except (KeyError, TypeError, ValueError) as e:

@@ -116,6 +116,10 @@ class DynamicsConfig:
         token_dim: size of one input token (from the tokenizer).
         tokens_per_frame: tokens per frame (from the tokenizer).
         rope_base: base of the rotary embedding over (frame, row, column) positions.
+        prev_skip: predict each frame as a correction of the previous frame's tokens
+            (``x0_hat = (1 - s_prev) * prev + f(...)``, with ``s_prev`` the previous frame's
+            noise level), so an untrained model copies the last frame and training spends its
+            effort on what moves. Bundles written before this option have it off.
     """
 
     width: int = 192
@@ -127,6 +131,7 @@ class DynamicsConfig:
     token_dim: int = 192
     tokens_per_frame: int = 64
     rope_base: float = 10_000.0
+    prev_skip: bool = True
 
     def __post_init__(self):
         check_positive(self, "width", "depth", "heads", "context_frames", "num_actions", "token_dim",

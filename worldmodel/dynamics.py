@@ -225,6 +225,8 @@ class DynamicsModel(nn.Module):
             nn.init.zeros_(blk.ada[-1].bias)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
+        if self.cfg.prev_skip:  # start as "repeat the previous frame" (DiT zero-inits this layer too)
+            nn.init.zeros_(self.final.linear.weight)
 
     @property
     def head_dim(self) -> int:
@@ -255,7 +257,8 @@ class DynamicsModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                write: bool = False, prev_tokens: torch.Tensor | None = None) -> DynamicsOutput:
+                write: bool = False, prev_tokens: torch.Tensor | None = None,
+                prev_level: float | torch.Tensor = 0.0) -> DynamicsOutput:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Args:
@@ -268,6 +271,7 @@ class DynamicsModel(nn.Module):
                 ``context_frames - 1`` of them) and advance it.
             prev_tokens: ``(B, 1, N, D_tok)`` tokens of the frame before the first new one, as
                 they were fed to the model (zeros when ``None``: an episode's first frame).
+            prev_level: noise level of ``prev_tokens``, a float or ``(B, 1)`` (used by ``cfg.prev_skip``).
 
         Returns:
             :class:`DynamicsOutput` for the ``F`` frames.
@@ -291,5 +295,10 @@ class DynamicsModel(nn.Module):
         if cache is not None and write:
             cache.commit(positions)
         pooled = self.head_norm(x.mean(dim=2))                                      # (B, F, D)
-        return DynamicsOutput(x0=self.final(x, c), reward_logits=self.reward_head(pooled),
+        x0 = self.final(x, c)
+        if self.cfg.prev_skip:
+            first = torch.as_tensor(prev_level, dtype=noise_levels.dtype, device=noise_levels.device).expand(b, 1)
+            prev_levels = torch.cat([first, noise_levels[:, :-1]], dim=1)
+            x0 = x0 + (1.0 - prev_levels)[..., None, None].to(x0.dtype) * prev
+        return DynamicsOutput(x0=x0, reward_logits=self.reward_head(pooled),
                               end_logits=self.end_head(pooled).squeeze(-1))

@@ -164,7 +164,8 @@ class Simulator:
         dyn = self.model.dynamics
         for s, s_next in zip(self.schedule[:-1], self.schedule[1:]):
             levels = torch.full((b, 1), s, device=self.device)
-            x0 = dyn(x, levels, acts, positions, cache=self.cache, prev_tokens=self.prev_tokens).x0
+            x0 = dyn(x, levels, acts, positions, cache=self.cache, prev_tokens=self.prev_tokens,
+                     prev_level=self.context_noise).x0
             x = euler_step(x, x0, s, s_next)
         levels = torch.full((b, 1), self.context_noise, device=self.device)
         written = self._noised(x, levels)
