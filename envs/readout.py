@@ -90,3 +90,30 @@ def ball_xy(frames: np.ndarray) -> np.ndarray:
     visible = mass >= 0.15
     out = np.stack([x, y], axis=-1).astype(np.float32)
     return np.where(visible[..., None], out, np.nan)
+
+
+WALL_GREY = np.array([236, 236, 236], np.float32)
+_WALL_ROWS = ((24, 34), (194, 210))
+
+
+def pong_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Which parts of a Pong screen a frame still shows.
+
+    Args:
+        frames: ``(..., H, W, 3)`` uint8 Pong frames.
+
+    Returns:
+        ``{"background", "walls", "player_paddle", "opponent_paddle"}`` -> ``(...)`` bool:
+        the play field is mostly the brown background (>= 80% of its pixels within 40 of
+        it), both walls' rows are grey, each paddle is visible (:func:`paddle_y`).
+    """
+    h = frames.shape[-3]
+    f = frames.astype(np.float32)
+    play = f[..., _scaled(_PLAY_ROWS, 210, h, inner=True), :, :]
+    background = (np.linalg.norm(play - BACKGROUND, axis=-1) < 40.0).mean(axis=(-2, -1)) >= 0.8
+    walls = np.ones(frames.shape[:-3], bool)
+    for rows in _WALL_ROWS:
+        band = f[..., _scaled(rows, 210, h, inner=True), :, :].mean(axis=(-3, -2))
+        walls &= np.linalg.norm(band - WALL_GREY, axis=-1) < 40.0
+    return {"background": background, "walls": walls,
+            "player_paddle": ~np.isnan(paddle_y(frames)), "opponent_paddle": ~np.isnan(paddle_y(frames, player=False))}

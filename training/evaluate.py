@@ -1,14 +1,38 @@
-"""Quality figures of a dream against held-out real episodes.
+"""Dream fidelity: where the dream departs from the game, measured on held-out real episodes.
 
-- Teacher-forced rollouts: prime with real frames, generate with the real recorded
-  actions, compare with the real frames at several horizons: PSNR on whole frames and on
-  moving pixels (pixels where the real frame differs from the previous real frame).
-- Paddle control (Pong): from the same start and noise seed, hold Up for 8 steps or Down
-  for 8 steps; the green paddle must end clearly higher after Up.
+Run it with Hydra (see ``training/conf/evaluate.yaml``)::
+
+    python -m training.evaluate checkpoint=pong                      # the shipped Pong model
+    python -m training.evaluate checkpoint=runs/pong-cpu/bundle long_run_steps=1000
+
+It writes ``report.json``, ``drift.png``, ``long_run.png`` and ``real_vs_dream.gif`` into
+``out``. The figures:
+
+- **Teacher-forced rollouts**: prime with real frames, generate with the real recorded
+  actions, compare with the real frames at horizons 1, 4, 16, 64: PSNR and SSIM on whole
+  frames, PSNR on moving pixels (pixels where the real frame differs from the previous real
+  frame), and for Pong the error of the ball's and the player paddle's positions read out by
+  colour (:mod:`envs.readout`). A copy-the-last-real-frame baseline beside each.
+- **Controllability**: Genie's ΔPSNR (Bruce et al. 2024, "Genie: Generative Interactive
+  Environments", section 3.1): PSNR of the dream with the real actions minus PSNR of the
+  dream with uniformly random actions, same windows and noise seed, at t = 1 and t = 4.
+- **Paddle control** (Pong): from the same start, hold Up or Down for 8 steps; the paddle
+  must end clearly higher after Up.
+- **Tokenizer**: reconstruction PSNR (whole, moving pixels) and, for Pong, the ball read
+  out of reconstructions.
+- **Reward and termination heads** on real frames: precision and recall of non-zero rewards
+  (sign included) and of terminations.
+- **Long run**: free play with random held actions; per frame, the total-variation distance
+  of its colour histogram to the held-out frames' mean histogram, the share of broken
+  frames (blank, saturated, or for Pong a part of the screen missing) and of frames with a
+  ball, each beside the same figure on real held-out frames.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +41,12 @@ from recorders.dataset import Episode
 from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
 
+#: Error charged to a position read-out when the object is visible in only one of the two
+#: frames (real, dream): the diagonal of a 64x64 frame, so a missing object counts as a miss.
+MISSING_PX = float(np.hypot(64, 64))
 
+
+# -- per-frame measures ------------------------------------------------------------------------
 def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """PSNR in dB between uint8 images ``(..., H, W, 3)``, optionally over ``mask (..., H, W)`` pixels only.
 
@@ -33,11 +62,66 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float(100.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
 
 
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two ``(H, W, 3)`` uint8 images (Wang et al. 2004), by scikit-image."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+
+
 def moving_pixels(real: np.ndarray, prev: np.ndarray, threshold: int = 8) -> np.ndarray:
     """``(..., H, W)`` bool: pixels whose colour changed by more than ``threshold`` in any channel."""
     return (np.abs(real.astype(np.int16) - prev.astype(np.int16)).max(axis=-1) > threshold)
 
 
+def position_error(real: np.ndarray, fake: np.ndarray) -> np.ndarray:
+    """Distance in pixels between read-out positions ``(..., k)`` (NaN = not visible).
+
+    Both visible: the Euclidean distance. Visible in one only: :data:`MISSING_PX`. Visible in
+    neither: NaN (nothing to compare).
+    """
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if real.ndim == 1:
+        real, fake = real[:, None], fake[:, None]
+    seen_r, seen_f = ~np.isnan(real).any(-1), ~np.isnan(fake).any(-1)
+    dist = np.sqrt(np.nansum((real - fake) ** 2, axis=-1))
+    return np.where(seen_r & seen_f, dist, np.where(seen_r ^ seen_f, MISSING_PX, np.nan))
+
+
+def colour_histogram(frames: np.ndarray, bins: int = 8) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 -> ``(..., bins**3)`` normalised joint RGB histograms."""
+    q = (frames.astype(np.int64) * bins) // 256
+    idx = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    flat = idx.reshape(-1, idx.shape[-2] * idx.shape[-1])
+    hist = np.stack([np.bincount(row, minlength=bins ** 3) for row in flat]).astype(np.float64)
+    return (hist / hist.sum(-1, keepdims=True)).reshape(*frames.shape[:-3], bins ** 3)
+
+
+def broken_frames(frames: np.ndarray, game: str) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 -> ``(...)`` bool: blank (colour range under 16 levels),
+    saturated (over half the pixels near black or white), or for Pong a screen part missing
+    (:func:`envs.readout.pong_screen_parts`)."""
+    f = frames.astype(np.int16)
+    blank = (f.max(axis=(-3, -2)) - f.min(axis=(-3, -2))).max(-1) < 16
+    lum = f.mean(-1)
+    saturated = ((lum <= 5) | (lum >= 250)).mean(axis=(-2, -1)) > 0.5
+    broken = blank | saturated
+    if game == "pong":
+        from envs.readout import pong_screen_parts
+
+        for ok in pong_screen_parts(frames).values():
+            broken |= ~ok
+    return broken
+
+
+def ball_visible(frames: np.ndarray) -> np.ndarray:
+    """Pong: ``(..., H, W, 3)`` -> ``(...)`` bool, a ball is read out of the frame."""
+    from envs.readout import ball_xy
+
+    return ~np.isnan(ball_xy(frames)[..., 0])
+
+
+# -- windows and rollouts ---------------------------------------------------------------------
 def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` random ``(frames (length, H, W, 3), actions (length-1,))`` windows, reproducible by seed."""
     rng = np.random.default_rng(seed)
@@ -52,73 +136,112 @@ def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) 
     return out
 
 
-def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int = 256, seed: int = 0) -> dict:
-    """Reconstruction PSNR of the tokenizer on held-out frames: whole frames and moving pixels.
-
-    Returns:
-        ``{"psnr": dB, "psnr_moving": dB, "frames": n}`` (100 dB means lossless).
-    """
-    import torch
-
-    from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
-
-    pairs = sample_windows(episodes, 2, frames, seed)
-    prev = np.stack([f[0] for f, _ in pairs])
-    real = np.stack([f[1] for f, _ in pairs])
-    device = next(iter(tokenizer.parameters()), torch.empty(0)).device
-    with torch.inference_mode():
-        x = frames_to_tensor(torch.as_tensor(real, device=device))[:, None]
-        rec = tensor_to_frames(tokenizer.decode(tokenizer.encode(x)))[:, 0].cpu().numpy()
-    mask = moving_pixels(real, prev)
-    return {"psnr": float(np.mean([psnr(r, f) for r, f in zip(real, rec)])),
-            "psnr_moving": float(np.nanmean([psnr(r, f, m) for r, f, m in zip(real, rec, mask)])),
-            "frames": len(real)}
-
-
 def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,
-                           sampling_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Prime with ``context_frames - 1`` real frames, then step ``horizon`` times with the recorded actions.
+                           sampling_steps: int | None = None, prime: int | None = None,
+                           random_actions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Prime with ``prime`` real frames (default ``context_frames``; the Simulator keeps the
+    newest that fit its window), then step ``horizon`` times with the recorded actions.
+
+    Args:
+        random_actions: step with uniformly random actions instead (same windows and noise
+            seed), for Genie's ΔPSNR.
 
     Returns:
-        ``(real, dream)`` uint8 arrays, aligned:
-        ``dream[:, k]`` is the model's frame for ``real[:, k + 1]``; the real frames are
-        ``real (W, horizon + 1, H, W, 3)``, starting with the last context frame.
+        ``(real, dream)`` uint8 arrays, aligned: ``dream[:, k]`` is the model's frame for
+        ``real[:, k + 1]``; ``real (W, horizon + 1, H, W, 3)`` starts with the last primed frame.
     """
-    ctx = model.dynamics_config.context_frames - 1
+    ctx = model.dynamics_config.context_frames if prime is None else prime
     data = sample_windows(episodes, ctx + horizon, windows, seed)
     frames = np.stack([f for f, _ in data])                                 # (W, ctx+H, h, w, 3)
     actions = np.stack([a for _, a in data])                                # (W, ctx+H-1)
+    if random_actions:
+        rng = np.random.default_rng(seed + 1)
+        actions = actions.copy()
+        actions[:, ctx - 1:] = rng.integers(model.dynamics_config.num_actions, size=actions[:, ctx - 1:].shape)
     sim = Simulator(model, batch_size=len(data), seed=seed, sampling_steps=sampling_steps)
     sim.reset(frames[:, :ctx], actions[:, :ctx - 1])
     dream = np.stack([sim.step(actions[:, ctx - 1 + k])[0] for k in range(horizon)], axis=1)
     return frames[:, ctx - 1:], dream
 
 
-def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4, 16), windows: int = 32,
-                   seed: int = 0, sampling_steps: int | None = None) -> dict:
-    """Teacher-forced rollout figures.
-
-    Each window is primed with ``context_frames - 1`` real frames, then stepped with the real
-    recorded actions for ``max(horizons)`` steps.
+def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_ssim: bool = True) -> dict:
+    """Per-horizon figures of an aligned teacher-forced rollout (see :func:`teacher_forced_rollout`).
 
     Returns:
-        ``{"psnr": {h: dB}, "psnr_moving": {h: dB}, "copy_last_psnr": {h: dB},
-        "copy_last_psnr_moving": {h: dB}, "windows": n}``; the ``copy_last`` figures are the
-        baseline that repeats the last real context frame.
+        ``{name: (horizon,) float array}``: ``psnr``, ``psnr_moving``, ``ssim`` and their
+        ``copy_last_`` baselines; for Pong also ``ball_error_px`` and ``paddle_error_px``
+        (medians over windows, :func:`position_error`) and ``ball_visible_dream`` /
+        ``ball_visible_real`` (shares of windows).
+    """
+    horizon = dream.shape[1]
+    copy = real_all[:, 0]
+    out: dict[str, list[float]] = {}
+
+    def add(name, value):
+        out.setdefault(name, []).append(float(value))
+
+    for k in range(horizon):
+        real, prev, fake = real_all[:, k + 1], real_all[:, k], dream[:, k]
+        mask = moving_pixels(real, prev)
+        for tag, pred in (("", fake), ("copy_last_", copy)):
+            add(tag + "psnr", np.mean([psnr(r, f) for r, f in zip(real, pred)]))
+            with np.errstate(all="ignore"):
+                add(tag + "psnr_moving", np.nanmean([psnr(r, f, m) for r, f, m in zip(real, pred, mask)]))
+            if with_ssim:
+                add(tag + "ssim", np.mean([ssim(r, f) for r, f in zip(real, pred)]))
+        if game == "pong":
+            from envs.readout import ball_xy, paddle_y
+
+            with np.errstate(all="ignore"):
+                add("ball_error_px", np.nanmedian(position_error(ball_xy(real), ball_xy(fake))))
+                add("paddle_error_px", np.nanmedian(position_error(paddle_y(real), paddle_y(fake))))
+            add("ball_visible_real", ball_visible(real).mean())
+            add("ball_visible_dream", ball_visible(fake).mean())
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4, 16), windows: int = 32,
+                   seed: int = 0, sampling_steps: int | None = None, with_ssim: bool = False,
+                   curves: dict | None = None) -> dict:
+    """Teacher-forced rollout figures at the given horizons.
+
+    Args:
+        curves: if given, filled with the full per-horizon curves (:func:`rollout_curves`).
+
+    Returns:
+        ``{figure: {h: value}, ..., "windows": n}`` with the figures of :func:`rollout_curves`.
     """
     real_all, dream = teacher_forced_rollout(model, episodes, horizon=max(horizons), windows=windows, seed=seed,
                                              sampling_steps=sampling_steps)
-    result = {"psnr": {}, "psnr_moving": {}, "copy_last_psnr": {}, "copy_last_psnr_moving": {},
-              "windows": len(real_all)}
-    copy = real_all[:, 0]                                                   # the last real context frame
-    for h in horizons:
-        real, prev, fake = real_all[:, h], real_all[:, h - 1], dream[:, h - 1]
-        mask = moving_pixels(real, prev)
-        result["psnr"][h] = float(np.mean([psnr(r, f) for r, f in zip(real, fake)]))
-        result["copy_last_psnr"][h] = float(np.mean([psnr(r, c) for r, c in zip(real, copy)]))
-        result["psnr_moving"][h] = float(np.nanmean([psnr(r, f, m) for r, f, m in zip(real, fake, mask)]))
-        result["copy_last_psnr_moving"][h] = float(np.nanmean([psnr(r, c, m) for r, c, m in zip(real, copy, mask)]))
+    all_curves = rollout_curves(real_all, dream, model.game, with_ssim=with_ssim)
+    if curves is not None:
+        curves.update(all_curves)
+    result: dict = {name: {h: _finite(c[h - 1]) for h in horizons} for name, c in all_curves.items()}
+    result["windows"] = len(real_all)
     return result
+
+
+def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4), windows: int = 32,
+                    seed: int = 0, sampling_steps: int | None = None) -> dict:
+    """Genie's ΔPSNR: PSNR(real, dream with real actions) - PSNR(real, dream with random actions).
+
+    Both dreams start from the same windows with the same noise seed; positive values mean the
+    actions steer the dream towards the real frames.
+
+    Returns:
+        ``{"delta_psnr": {t: dB}, "psnr_real_actions": {t: dB}, "psnr_random_actions": {t: dB}}``.
+    """
+    h = max(horizons)
+    real, with_real = teacher_forced_rollout(model, episodes, horizon=h, windows=windows, seed=seed,
+                                             sampling_steps=sampling_steps)
+    _, with_random = teacher_forced_rollout(model, episodes, horizon=h, windows=windows, seed=seed,
+                                            sampling_steps=sampling_steps, random_actions=True)
+    out: dict = {"delta_psnr": {}, "psnr_real_actions": {}, "psnr_random_actions": {}}
+    for t in horizons:
+        a = np.mean([psnr(r, f) for r, f in zip(real[:, t], with_real[:, t - 1])])
+        b = np.mean([psnr(r, f) for r, f in zip(real[:, t], with_random[:, t - 1])])
+        out["delta_psnr"][t], out["psnr_real_actions"][t], out["psnr_random_actions"][t] = a - b, a, b
+    return out
 
 
 def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed: int = 0, margin: float = 2.0,
@@ -148,7 +271,137 @@ def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed:
         results[name] = paddle_y(last)
     gap = results["down"] - results["up"]
     passed = np.nan_to_num(gap, nan=-np.inf) >= margin
-    return {"pass_rate": float(passed.mean()), "mean_gap_px": float(np.nanmean(gap)), "starts": int(starts)}
+    with np.errstate(all="ignore"):
+        mean_gap = float(np.nanmean(gap))
+    return {"pass_rate": float(passed.mean()), "mean_gap_px": _finite(mean_gap), "starts": int(starts)}
+
+
+def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int = 256, seed: int = 0,
+                             game: str | None = None) -> dict:
+    """Reconstruction figures of the tokenizer on held-out frames.
+
+    Returns:
+        ``{"psnr": dB, "psnr_moving": dB, "frames": n}`` (100 dB means lossless); for Pong
+        also ``ball_error_px`` (median, :func:`position_error`) and ``ball_recall`` (share of
+        real balls still read out of the reconstruction).
+    """
+    import torch
+
+    from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
+
+    pairs = sample_windows(episodes, 2, frames, seed)
+    prev = np.stack([f[0] for f, _ in pairs])
+    real = np.stack([f[1] for f, _ in pairs])
+    device = next(iter(tokenizer.parameters()), torch.empty(0)).device
+    with torch.inference_mode():
+        x = frames_to_tensor(torch.as_tensor(real, device=device))[:, None]
+        rec = tensor_to_frames(tokenizer.decode(tokenizer.encode(x)))[:, 0].cpu().numpy()
+    mask = moving_pixels(real, prev)
+    with np.errstate(all="ignore"):
+        out = {"psnr": float(np.mean([psnr(r, f) for r, f in zip(real, rec)])),
+               "psnr_moving": float(np.nanmean([psnr(r, f, m) for r, f, m in zip(real, rec, mask)])),
+               "frames": len(real)}
+    if game == "pong":
+        from envs.readout import ball_xy
+
+        err = position_error(ball_xy(real), ball_xy(rec))
+        seen = ball_visible(real)
+        out["ball_error_px"] = _finite(np.nanmedian(err)) if (~np.isnan(err)).any() else None
+        out["ball_recall"] = _finite((ball_visible(rec) & seen).sum() / max(seen.sum(), 1))
+    return out
+
+
+def head_accuracy(model: ModelBundle, episodes: list[Episode], *, batch: int = 64) -> dict:
+    """Precision and recall of the reward and termination heads on real held-out frames.
+
+    Each episode is cut into windows of ``context_frames`` clean real frames overlapping by
+    one, so every frame but the first is scored once, with the real actions, by a model that
+    saw up to ``context_frames - 1`` frames before it. A reward counts as found when its sign
+    is right.
+
+    Returns:
+        ``{"reward": {"precision", "recall", "true", "predicted"}, "end": {...}}``; precision
+        is None when nothing was predicted.
+    """
+    import torch
+
+    from worldmodel.tokenizer import frames_to_tensor
+
+    c = model.dynamics_config.context_frames
+    device = next(model.dynamics.parameters()).device
+    true_r, pred_r, true_e, pred_e = [], [], [], []
+    for e in episodes:
+        n = len(e.frames)
+        starts = list(range(0, n - 1, c - 1))
+        wins = [(s, min(s + c, n)) for s in starts]
+        for length in sorted({b - a for a, b in wins}):
+            group = [(a, b) for a, b in wins if b - a == length]
+            for i in range(0, len(group), batch):
+                part = group[i:i + batch]
+                frames = np.stack([e.frames[a:b] for a, b in part])
+                acts = np.stack([np.concatenate([[-1], e.actions[a:b - 1]]) for a, b in part])
+                with torch.inference_mode():
+                    tokens = model.tokenizer.encode(frames_to_tensor(torch.as_tensor(frames, device=device)))
+                    levels = torch.zeros(acts.shape, device=device)
+                    out = model.dynamics(tokens, levels, torch.as_tensor(acts, device=device))
+                    r, end = out.reward_and_end()
+                pred_r.append(r[:, 1:].cpu().numpy().ravel())
+                pred_e.append(end[:, 1:].cpu().numpy().ravel())
+                true_r.append(np.stack([np.sign(e.rewards[a:b - 1]) for a, b in part]).ravel())
+                true_e.append(np.stack([e.terminated[a:b - 1] for a, b in part]).ravel())
+    tr, pr = np.concatenate(true_r), np.concatenate(pred_r)
+    te, pe = np.concatenate(true_e).astype(bool), np.concatenate(pred_e).astype(bool)
+    hit_r = (pr != 0) & (pr == tr)
+    return {"reward": _precision_recall(hit_r.sum(), (pr != 0).sum(), (tr != 0).sum()),
+            "end": _precision_recall((pe & te).sum(), pe.sum(), te.sum())}
+
+
+def _precision_recall(hits: int, predicted: int, true: int) -> dict:
+    return {"precision": float(hits / predicted) if predicted else None,
+            "recall": float(hits / true) if true else None, "true": int(true), "predicted": int(predicted)}
+
+
+def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000, dreams: int = 1, seed: int = 0,
+             max_repeat: int = 8, progress: bool = True) -> tuple[dict, dict]:
+    """Free play for ``steps`` steps with random held actions, from the bundle's first start windows.
+
+    Returns:
+        ``(summary, series)``: the summary holds means over the run and over its last tenth
+        beside the real held-out frames' figures; ``series`` holds per-step ``(steps,)``
+        arrays ``hist_distance``, ``broken`` and (Pong) ``ball_visible``, averaged over dreams.
+    """
+    from tqdm import tqdm
+
+    from recorders.policies import RandomRepeatPolicy
+
+    real = np.concatenate([e.frames for e in episodes])
+    ref = colour_histogram(real).mean(0)
+
+    def measures(frames):
+        d = 0.5 * np.abs(colour_histogram(frames) - ref).sum(-1)
+        m = {"hist_distance": d, "broken": broken_frames(frames, model.game).astype(np.float64)}
+        if model.game == "pong":
+            m["ball_visible"] = ball_visible(frames).astype(np.float64)
+        return m
+
+    idx = np.arange(dreams) % len(model.start_frames)
+    sim = Simulator(model, batch_size=dreams, seed=seed)
+    sim.reset(model.start_frames.numpy()[idx], model.start_actions.numpy()[idx])
+    policy = RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
+    series: dict[str, list] = {}
+    for _ in tqdm(range(steps), desc="long run", unit="step", disable=not progress, mininterval=2):
+        frames, _, _ = sim.step(policy(None))
+        for k, v in measures(frames).items():
+            series.setdefault(k, []).append(float(v.mean()))
+    arrays = {k: np.asarray(v) for k, v in series.items()}
+    real_m = {k: float(v.mean()) for k, v in measures(real[:: max(1, len(real) // 2000)]).items()}
+    tail = max(1, steps // 10)
+    summary = {"steps": steps, "dreams": dreams,
+               "dream_mean": {k: float(v.mean()) for k, v in arrays.items()},
+               "dream_last_tenth": {k: float(v[-tail:].mean()) for k, v in arrays.items()},
+               "real_mean": real_m,
+               "dream_broken_frames": int(round(arrays["broken"].sum() * dreams))}
+    return summary, arrays
 
 
 def write_video(model: ModelBundle, episodes: list[Episode], path: str | Path, *, windows: int = 4, horizon: int = 32,
@@ -166,3 +419,161 @@ def write_video(model: ModelBundle, episodes: list[Episode], path: str | Path, *
     path = Path(path)
     iio.imwrite(path, np.stack(video), duration=1000 / model.fps, loop=0)
     return path
+
+
+def _finite(x) -> float | None:
+    """A float for JSON, None for NaN."""
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+# -- the command ------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    """What ``python -m training.evaluate`` measures (the Hydra config maps onto it).
+
+    Attributes:
+        checkpoint: a shipped name (``pong``) or a bundle directory.
+        heldout: held-out dataset; recorded if missing (default ``data/<game>-eval``).
+        record_episodes: episodes recorded when ``heldout`` is missing: random play with
+            actions held up to 16 steps and seeds from 200,000, a policy and seeds the
+            training sets do not use.
+        out: report directory (default ``runs/eval-<game>``).
+        windows: teacher-forced windows.
+        horizons: horizons reported in the table (the curves go up to the largest).
+        control_horizons: ΔPSNR horizons.
+        long_run_steps: free-play steps (0 skips the long run).
+        long_run_dreams: dreams stepped together in the long run.
+        video_windows: rows of the real | dream | difference video.
+        sampling_steps: denoising steps (default: the bundle's).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds window choice, sampling noise and the random actions.
+        progress: progress bars.
+    """
+
+    checkpoint: str = "pong"
+    heldout: str | None = None
+    record_episodes: int = 6
+    out: str | None = None
+    windows: int = 32
+    horizons: tuple[int, ...] = (1, 4, 16, 64)
+    control_horizons: tuple[int, ...] = (1, 4)
+    long_run_steps: int = 10_000
+    long_run_dreams: int = 1
+    video_windows: int = 4
+    sampling_steps: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        self.horizons, self.control_horizons = tuple(self.horizons), tuple(self.control_horizons)
+        for name in ("windows", "record_episodes", "long_run_dreams", "video_windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.long_run_steps < 0:
+            raise ValueError(f"long_run_steps must be >= 0, got {self.long_run_steps!r}")
+        for name in ("horizons", "control_horizons"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be non-empty positive integers, got {getattr(self, name)!r}")
+
+
+def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:
+    """Load the evaluation's held-out episodes, recording them first if the directory is missing."""
+    from recorders.collect import RecordConfig, record
+    from recorders.dataset import EpisodeDataset
+
+    path = Path(cfg.heldout or f"data/{game}-eval")
+    if not (path / "metadata.json").exists():
+        print(f"recording {cfg.record_episodes} held-out {game} episodes into {path}")
+        record(RecordConfig(game=game, out=str(path), episodes=cfg.record_episodes, max_steps=3000, policy="random",
+                            max_repeat=16, seed=200_000), progress=cfg.progress)
+    ds = EpisodeDataset(path)
+    return [ds[i] for i in range(len(ds))]
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every measurement of the module docstring and write the report files.
+
+    Returns:
+        The report (also written to ``<out>/report.json``).
+
+    Raises:
+        ValueError: bad config; :class:`~worldmodel.bundle.CheckpointError`: unreadable bundle.
+    """
+    import time
+
+    from worldmodel.bundle import load
+    from worldmodel.device import resolve_device
+
+    t0 = time.time()
+    model = load(cfg.checkpoint, device=resolve_device(cfg.device))
+    model.eval()
+    episodes = ensure_heldout(cfg, model.game)
+    out = Path(cfg.out or f"runs/eval-{model.game}")
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
+                    "heldout": {"episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
+
+    def stage(name: str) -> None:
+        print(f"[{time.time() - t0:6.0f} s] {name} ...", flush=True)
+
+    stage("tokenizer reconstruction")
+    report["tokenizer"] = tokenizer_reconstruction(model.tokenizer, episodes, seed=cfg.seed, game=model.game)
+    stage("teacher-forced rollouts")
+    curves: dict = {}
+    report["teacher_forced"] = teacher_forced(model, episodes, horizons=cfg.horizons, windows=cfg.windows,
+                                              seed=cfg.seed, sampling_steps=cfg.sampling_steps, with_ssim=True,
+                                              curves=curves)
+    stage("controllability")
+    report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons, windows=cfg.windows,
+                                                seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+    if model.game == "pong":
+        report["paddle_control"] = paddle_control(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+    stage("reward and termination heads")
+    report["heads"] = head_accuracy(model, episodes)
+    series = None
+    if cfg.long_run_steps:
+        stage(f"long run ({cfg.long_run_steps} steps)")
+        report["long_run"], series = long_run(model, episodes, steps=cfg.long_run_steps, dreams=cfg.long_run_dreams,
+                                              seed=cfg.seed, progress=cfg.progress)
+    stage("plots and video")
+    from training.plots import plot_drift, plot_long_run
+
+    report["files"] = {"drift_plot": str(plot_drift(curves, out / "drift.png", title=f"{model.game}: {cfg.checkpoint}"))}
+    if series is not None:
+        report["files"]["long_run_plot"] = str(plot_long_run(series, report["long_run"]["real_mean"],
+                                                             out / "long_run.png"))
+    horizon = min(32, min(len(e.frames) for e in episodes) - model.dynamics_config.context_frames)
+    if horizon >= 1:
+        report["files"]["video"] = str(write_video(model, episodes, out / "real_vs_dream.gif", horizon=horizon,
+                                                   windows=cfg.video_windows, seed=cfg.seed))
+    np.savez(out / "curves.npz", **curves)
+    report["wall_seconds"] = time.time() - t0
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: report[k] for k in ("teacher_forced", "controllability", "paddle_control", "heads",
+                                             "long_run") if k in report}, indent=2, default=str))
+    print(f"report written to {out / 'report.json'}")
+    return report
+
+
+def main() -> None:
+    """Hydra entry point (see the module docstring)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from recorders.dataset import DatasetError
+    from worldmodel.bundle import CheckpointError
+
+    @hydra.main(config_path="conf", config_name="evaluate", version_base=None)
+    def _main(cfg) -> None:
+        try:
+            evaluate(EvalConfig(**OmegaConf.to_container(cfg, resolve=True)))
+        except (ValueError, TypeError, DatasetError, CheckpointError) as e:
+            sys.exit(f"error: {e}")
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

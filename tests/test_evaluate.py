@@ -1,0 +1,92 @@
+"""The fidelity evaluation: its measures on known inputs, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training.evaluate import (MISSING_PX, EvalConfig, broken_frames, colour_histogram, evaluate, head_accuracy,
+                               position_error, rollout_curves)
+
+
+def test_position_error_charges_a_missing_object():
+    real = np.array([[10.0, 20.0], [5.0, 5.0], [np.nan, np.nan], [np.nan, np.nan]])
+    fake = np.array([[13.0, 24.0], [np.nan, np.nan], [1.0, 1.0], [np.nan, np.nan]])
+    err = position_error(real, fake)
+    assert err[0] == pytest.approx(5.0)
+    assert err[1] == MISSING_PX and err[2] == MISSING_PX
+    assert np.isnan(err[3])
+    # 1-D read-outs (paddle rows) work the same way.
+    np.testing.assert_allclose(position_error(np.array([3.0, np.nan]), np.array([1.0, 2.0])), [2.0, MISSING_PX])
+
+
+def test_broken_frames_flags_blank_saturated_and_missing_paddles(pong_trajectory):
+    from envs.readout import paddle_y
+
+    frames, _ = pong_trajectory
+    real = frames[18:22]                                     # both paddles on screen
+    assert not broken_frames(real, "pong").any()
+    black = np.zeros_like(real[:1])
+    white = np.full_like(real[:1], 255)
+    no_paddle = real[:1].copy()
+    no_paddle[..., 52:, :] = no_paddle[0, 30, 30]             # paint the player's paddle column with background
+    assert np.isnan(paddle_y(no_paddle)).all()
+    assert broken_frames(np.concatenate([black, white, no_paddle]), "pong").all()
+    assert not broken_frames(no_paddle, "cartpole").any()   # the Pong screen check is Pong's only
+
+
+def test_colour_histogram_is_normalised_and_separates_frames(pong_trajectory):
+    frames, _ = pong_trajectory
+    h = colour_histogram(frames[:3])
+    assert h.shape == (3, 512)
+    np.testing.assert_allclose(h.sum(-1), 1.0)
+    other = colour_histogram(np.zeros_like(frames[:1]))
+    assert 0.5 * np.abs(h[0] - other[0]).sum() > 0.5
+
+
+def test_rollout_curves_of_a_perfect_and_a_copying_dream(pong_trajectory):
+    frames, _ = pong_trajectory
+    real = np.stack([frames[10:16], frames[14:20]])          # (W=2, horizon+1=6, H, W, 3)
+    perfect = rollout_curves(real, real[:, 1:], "pong")
+    assert (perfect["psnr"] == 100.0).all() and np.allclose(perfect["ssim"], 1.0)
+    assert np.nanmax(perfect["paddle_error_px"]) == 0.0
+    copying = rollout_curves(real, np.repeat(real[:, :1], 5, axis=1), "pong")
+    np.testing.assert_allclose(copying["psnr"], copying["copy_last_psnr"])
+    assert copying["psnr"][-1] < 100.0
+
+
+def test_head_accuracy_counts_every_scored_transition(tiny_bundle, pong_dataset):
+    from recorders.dataset import EpisodeDataset
+
+    ds = EpisodeDataset(pong_dataset)
+    episodes = [ds[i] for i in range(len(ds))]
+    res = head_accuracy(tiny_bundle, episodes, batch=3)
+    assert res["reward"]["true"] == sum(int((e.rewards != 0).sum()) for e in episodes)
+    assert res["end"]["true"] == sum(int(e.terminated.sum()) for e in episodes)
+    for head in res.values():
+        for key in ("precision", "recall"):
+            assert head[key] is None or 0.0 <= head[key] <= 1.0
+
+
+def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_dataset, tmp_path):
+    tiny_bundle.save(tmp_path / "bundle")
+    out = tmp_path / "eval"
+    cfg = EvalConfig(checkpoint=str(tmp_path / "bundle"), heldout=str(pong_dataset), out=str(out), windows=2,
+                     horizons=(1, 2), control_horizons=(1,), long_run_steps=4, video_windows=1, progress=False)
+    report = evaluate(cfg)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(on_disk["teacher_forced"]["psnr"]) == {"1", "2"}
+    assert set(report["teacher_forced"]) >= {"psnr", "ssim", "psnr_moving", "ball_error_px", "paddle_error_px"}
+    assert "1" in on_disk["controllability"]["delta_psnr"]
+    assert on_disk["long_run"]["steps"] == 4
+    for name in ("drift.png", "long_run.png", "real_vs_dream.gif", "curves.npz"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_eval_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="windows"):
+        EvalConfig(windows=0)
+    with pytest.raises(ValueError, match="horizons"):
+        EvalConfig(horizons=(0, 4))

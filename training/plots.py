@@ -1,0 +1,75 @@
+"""Figures of the evaluation (matplotlib, written as PNG without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_drift(curves: dict[str, np.ndarray], path: str | Path, *, title: str = "") -> Path:
+    """The drift curves: each teacher-forced figure against the horizon, dream vs copy-last baseline.
+
+    Args:
+        curves: ``{name: (horizon,) array}`` from :func:`training.evaluate.rollout_curves`.
+        path: PNG to write.
+    """
+    plt = _pyplot()
+    panels = [(name, label) for name, label in (("psnr", "PSNR, whole frame (dB)"),
+                                                ("psnr_moving", "PSNR, moving pixels (dB)"),
+                                                ("ssim", "SSIM"),
+                                                ("ball_error_px", "ball position error, median (px)"),
+                                                ("paddle_error_px", "player paddle error, median (px)"))
+              if name in curves]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    for ax, (name, label) in zip(axes[0], panels):
+        h = np.arange(1, len(curves[name]) + 1)
+        ax.plot(h, curves[name], label="dream")
+        if "copy_last_" + name in curves:
+            ax.plot(h, curves["copy_last_" + name], "--", label="copy last real frame")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("horizon (steps)")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_long_run(series: dict[str, np.ndarray], real: dict[str, float], path: str | Path, *,
+                  window: int = 100) -> Path:
+    """Long free-play figures over time (moving average over ``window`` steps), real level dashed."""
+    plt = _pyplot()
+    labels = {"hist_distance": "colour-histogram distance", "broken": "share of broken frames",
+              "ball_visible": "share of frames with a ball"}
+    names = [n for n in labels if n in series]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        v = series[name]
+        w = max(1, min(window, len(v)))
+        smooth = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(len(smooth)) + w, smooth, label="dream")
+        ax.axhline(real[name], color="k", ls="--", lw=1, label="real held-out")
+        ax.set_xlabel("step")
+        ax.set_title(labels[name], fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
