@@ -92,6 +92,8 @@ def test_pipeline_metrics_and_artifacts(pipeline_run):
     files = sorted(p.name for p in (out / "bundle").iterdir())
     assert all(name.endswith((".json", ".safetensors")) for name in files), files
     assert (out / "dynamics" / "last.safetensors").exists() and not (out / "dynamics" / "last.json").exists()
+    history = [json.loads(line) for line in (out / "dynamics" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == cfg.budget.dynamics.steps and np.isfinite(history[-1]["frame"])
 
 
 def test_trained_bundle_dreams(pipeline_run):

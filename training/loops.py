@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -104,6 +105,7 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
         print(f"[{name}] resumed from {out_dir} at step {step} ({elapsed / 60:.1f} min trained)")
     limit_s = budget.minutes * 60 if budget.minutes else math.inf
     logs: dict = {}
+    history: list[dict] = []              # every 10 steps; appended to <out_dir>/history.jsonl at each save
     bar = tqdm(total=budget.steps, initial=step, desc=name, disable=not progress, unit="step", dynamic_ncols=True)
     last_save = time.perf_counter()
     model.train()
@@ -135,12 +137,19 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
             fps = (step - step_seg) * frames_per_step / max(now - t_seg, 1e-9)
             t_seg, step_seg = now, step
             bar.set_postfix(loss=f"{logs['loss']:.4f}", fps=f"{fps:.0f}", min=f"{elapsed / 60:.1f}")
+            history.append({"step": step, "minutes": round(elapsed / 60, 3), "frames_per_s": round(fps, 1),
+                            **{k: round(v, 6) for k, v in logs.items()}})
+            if not progress and step % 100 == 0:
+                print(f"[{name}] step {step}/{budget.steps} loss {logs['loss']:.4f} {fps:.0f} frames/s "
+                      f"{elapsed / 60:.1f} min", flush=True)
         bar.update(1)
         if time.perf_counter() - last_save > budget.save_every_minutes * 60:
+            _append_history(out_dir, history)
             save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
                        generators=generators, config=config)
             last_save = time.perf_counter()
     bar.close()
+    _append_history(out_dir, history)
     save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
                generators=generators, config=config)
     logs.update(step=step, minutes=elapsed / 60)
@@ -149,6 +158,15 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
 
 
 # -- stage losses -------------------------------------------------------------------------------
+
+def _append_history(out_dir, history: list[dict]) -> None:
+    """Append the logged steps to ``<out_dir>/history.jsonl`` (one JSON object per line) and clear them."""
+    if history:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(out_dir) / "history.jsonl", "a") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+        history.clear()
+
 
 def _batch_to(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
