@@ -7,6 +7,37 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+NOISE_SEED_BOUND = 2 ** 62
+"""Sampling-noise seeds are drawn from ``[0, NOISE_SEED_BOUND)``."""
+
+
+def draw_start(rng: np.random.Generator, num_starts: int, start: int | None = None) -> tuple[int, int]:
+    """Draw the start window and the sampling-noise seed of one episode.
+
+    The one rule :class:`DreamEnv` and :class:`envs.dream_vector_env.DreamVectorEnv` share,
+    so that a sub-env seeded ``s`` starts where ``DreamEnv.reset(seed=s)`` starts. Both
+    numbers are always drawn (in this order), so choosing ``start`` leaves the generator
+    where a random start would have left it.
+
+    Args:
+        rng: the episode's generator (``env.np_random``).
+        num_starts: K, the number of start windows in the bundle.
+        start: a chosen window, or ``None`` for the drawn one.
+
+    Returns:
+        ``(start, noise_seed)``: a window index in ``[0, K)`` and a seed in
+        ``[0, NOISE_SEED_BOUND)``.
+
+    Raises:
+        ValueError: ``start`` outside ``[0, K)``.
+    """
+    drawn = int(rng.integers(num_starts))
+    noise_seed = int(rng.integers(NOISE_SEED_BOUND))
+    start = drawn if start is None else int(start)
+    if not 0 <= start < num_starts:
+        raise ValueError(f"start window {start} out of range [0, {num_starts})")
+    return start, noise_seed
+
 
 class DreamEnv(gym.Env):
     """A game simulated by a world model, as a ``gymnasium.Env``.
@@ -35,12 +66,13 @@ class DreamEnv(gym.Env):
         render_mode: ``"rgb_array"`` or ``None``.
         sampling_steps: denoising steps per frame (default: the checkpoint's).
         device: torch device of the model.
+        backend: the :class:`worldmodel.Simulator` backend (``"auto"``, ``"torch"``, ...).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
 
     def __init__(self, checkpoint: Any = "pong", render_mode: str | None = None, *, sampling_steps: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", backend: str = "auto"):
         from worldmodel import ModelBundle, Simulator, load
 
         if render_mode not in (None, "rgb_array"):
@@ -51,17 +83,14 @@ class DreamEnv(gym.Env):
         size = self.model.tokenizer_config.frame_size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(self.model.num_actions)
-        self.sim = Simulator(self.model, batch_size=1, sampling_steps=sampling_steps)
+        self.sim = Simulator(self.model, batch_size=1, backend=backend, sampling_steps=sampling_steps)
         self._frame: np.ndarray | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start from a real start window chosen by the seed (``options={"start": k}`` picks one)."""
         super().reset(seed=seed)
-        k = len(self.model.start_frames)
-        start = (options or {}).get("start", int(self.np_random.integers(k)))
-        if not 0 <= start < k:
-            raise ValueError(f"start window {start} out of range [0, {k})")
-        self.sim.generator.manual_seed(int(self.np_random.integers(2 ** 62)))
+        start, noise_seed = draw_start(self.np_random, len(self.model.start_frames), (options or {}).get("start"))
+        self.sim.generator.manual_seed(noise_seed)
         frames = self.model.start_frames[start:start + 1].numpy()
         actions = self.model.start_actions[start:start + 1].numpy()
         self._frame = self.sim.reset(frames, actions)[0]

@@ -26,12 +26,21 @@ def dream_id(game: str) -> str:
 
 
 def register_dreams() -> list[str]:
-    """Register every shipped dream (idempotent); returns the ids."""
+    """Register every shipped dream (idempotent); returns the ids.
+
+    Each id has both entry points, so ``gymnasium.make(id)`` gives a
+    :class:`envs.dream_env.DreamEnv` (in a ``TimeLimit`` of ``MAX_EPISODE_STEPS``) and
+    ``gymnasium.make_vec(id, num_envs=N)`` one batched
+    :class:`envs.dream_vector_env.DreamVectorEnv` (Gymnasium picks the vector entry point
+    when ``vectorization_mode`` is left out, and passes it ``max_episode_steps``);
+    ``vectorization_mode="sync"`` still builds N separate ``DreamEnv``.
+    """
     ids = []
     for name in shipped_checkpoints():
         env_id = dream_id(name)
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="envs.dream_env:DreamEnv", kwargs={"checkpoint": name},
+            gym.register(id=env_id, entry_point="envs.dream_env:DreamEnv",
+                         vector_entry_point="envs.dream_vector_env:DreamVectorEnv", kwargs={"checkpoint": name},
                          max_episode_steps=MAX_EPISODE_STEPS)
         ids.append(env_id)
     return ids
