@@ -18,14 +18,15 @@ from omegaconf import DictConfig
 @hydra.main(config_path="conf", config_name="play", version_base=None)
 def _main(cfg: DictConfig) -> None:
     from play.pygame_app import PygameApp, WindowConfig
-    from play.session import PlaySession
+    from play.session import PlaySession, prepare_backend
     from worldmodel import CheckpointError, load
 
     import pygame
 
     try:
         model = load(cfg.checkpoint, device=cfg.device)
-        session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+        session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps,
+                              backend=prepare_backend(model, cfg.backend))
         app = PygameApp(session, WindowConfig(scale=cfg.scale, fps=cfg.fps, headless=cfg.headless, steps=cfg.steps,
                                               keys=cfg["keys"], save_frames=cfg.save_frames, screenshot=cfg.screenshot))
         played = app.run()
@@ -34,7 +35,8 @@ def _main(cfg: DictConfig) -> None:
     except pygame.error as e:
         hint = " (no display? try headless=true)" if not cfg.headless else ""
         sys.exit(f"error: pygame: {e}{hint}")
-    print(f"played {played} steps at {session.fps:.1f} frames/s (median step {session.latency_ms:.1f} ms)")
+    print(f"played {played} steps at {session.fps:.1f} frames/s (median step {session.latency_ms:.1f} ms, "
+          f"{session.sim.backend} backend)")
 
 
 def main() -> None:

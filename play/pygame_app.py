@@ -99,7 +99,8 @@ class PygameApp:
         pg, s = self.pg, self.session
         surf = pg.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
         self.screen.blit(pg.transform.scale(surf, self.screen.get_size()), (0, 0))
-        hud = f"{s.fps:4.1f} fps   {s.latency_ms:5.1f} ms   step {s.step_count}   score {s.score:+.0f}"
+        hud = (f"{s.model.game}   {s.fps:4.1f} fps   {s.latency_ms:5.1f} ms ({s.sim.backend})   "
+               f"step {s.step_count}   score {s.score:+.0f}")
         self._text(hud, (4, 4))
         self._text(self._controls_text() + "   " + self.HELP, (4, self.screen.get_height() - self.font.get_height() - 4))
         if self.message:

@@ -60,7 +60,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from play.session import PlaySession
+from play.session import PlaySession, prepare_backend
 from worldmodel.bundle import ModelBundle
 
 PROTOCOL_VERSION = 1
@@ -93,6 +93,8 @@ class ServerConfig:
         seed: session ``k`` (0, 1, 2, ... in connection order) is seeded with ``seed + k``.
         workers: threads that run model steps (the event loop never does).
         stats_interval_s: seconds between two ``stats`` messages to a client.
+        backend: Simulator backend of the sessions (``auto``, ``torch``, ``onnx``); the
+            command line resolves ``auto`` with :func:`play.session.prepare_backend`.
 
     Raises:
         ValueError: a setting out of range (the message quotes it).
@@ -108,6 +110,7 @@ class ServerConfig:
     seed: int = 0
     workers: int = 1
     stats_interval_s: float = 1.0
+    backend: str = "auto"
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:
@@ -382,7 +385,8 @@ class DreamServer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _new_session(self, number: int) -> PlaySession:
-        return PlaySession(self.model, seed=self.cfg.seed + number, sampling_steps=self.cfg.sampling_steps)
+        return PlaySession(self.model, seed=self.cfg.seed + number, sampling_steps=self.cfg.sampling_steps,
+                           backend=self.cfg.backend)
 
     def _hello(self) -> dict:
         h, w = self.model.start_frames.shape[-3:-1]
@@ -556,6 +560,7 @@ def _main(cfg: DictConfig) -> None:
                                   sampling_steps=cfg.sampling_steps, seed=cfg.seed, workers=cfg.workers,
                                   stats_interval_s=cfg.stats_interval_s)
         model = load(cfg.checkpoint, device=cfg.device)
+        server_cfg.backend = prepare_backend(model, cfg.backend)
         asyncio.run(run_server(model, server_cfg))
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")

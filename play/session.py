@@ -17,6 +17,33 @@ from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
 
 
+def prepare_backend(model: ModelBundle, backend: str = "auto") -> str:
+    """The Simulator backend a front-end should use, exporting the ONNX graph on first use.
+
+    ``"auto"`` becomes ``"onnx"`` where onnxruntime and the exporter are installed (exporting
+    this checkpoint's graph once, with a message, if it is not cached yet), else ``"torch"``;
+    ``"torch"`` and ``"onnx"`` are returned as given.
+
+    Raises:
+        ValueError: an unknown backend name.
+    """
+    from worldmodel.onnx_backend import OnnxUnavailable, cached_step_graph, onnx_available
+    from worldmodel.simulator import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
+    if backend != "auto":
+        return backend
+    device = next(model.dynamics.parameters()).device
+    if not onnx_available(device):
+        return "torch"
+    try:
+        cached_step_graph(model.dynamics)
+    except OnnxUnavailable:
+        return "torch"
+    return "onnx"
+
+
 @dataclass
 class StepResult:
     """One dream frame and what came with it.

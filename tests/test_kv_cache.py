@@ -271,3 +271,28 @@ def test_reset_rejects_bad_env_ids_and_empty_frames(tiny_bundle):
         sim.reset(np.concatenate([frames, frames]), np.concatenate([actions, actions]), env_ids=[1, 1])
     with pytest.raises(ValueError, match="T = 0"):
         sim.reset(frames[:, :0], actions[:, :0], env_ids=[0])
+
+
+def test_step_cost_does_not_grow_with_the_episode(tiny_bundle):
+    """The KV cache is a ring: a step at frame 300 does the same work as one at frame 10
+    (counted in floating-point operations, so the check does not depend on machine load)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sim = Simulator(tiny_bundle, batch_size=2, backend="torch", seed=0)
+    sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
+    ptrs = (sim.cache.k.data_ptr(), sim.cache.v.data_ptr())
+
+    def flops_of_one_step() -> int:
+        with FlopCounterMode(display=False) as counter:
+            sim.step(np.array([2, 3]))
+        return counter.get_total_flops()
+
+    for _ in range(10):
+        sim.step(np.array([0, 1]))
+    early = flops_of_one_step()
+    for _ in range(300):
+        sim.step(np.array([2, 3]))
+    late = flops_of_one_step()
+    assert early > 0 and late == early
+    assert (sim.cache.k.data_ptr(), sim.cache.v.data_ptr()) == ptrs     # no reallocation, no growth
+    assert sim.cache.last_position().tolist() == [tiny_bundle.start_frames.shape[1] - 1 + 312] * 2

@@ -61,6 +61,13 @@ class KVCache:
         self.k[layer, :, :, idx] = k[:, :, -frames * n:]
         self.v[layer, :, :, idx] = v[:, :, -frames * n:]
 
+    def write_frame(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one new frame's keys/values ``(depth, B, H, N, Dh)`` of every layer in the next slot
+        (then :meth:`commit` it)."""
+        n = self.tokens_per_frame
+        self.k[:, :, :, self.next_slot * n:(self.next_slot + 1) * n] = k
+        self.v[:, :, :, self.next_slot * n:(self.next_slot + 1) * n] = v
+
     def commit(self, positions: torch.Tensor) -> None:
         """Advance the ring after every layer has written; ``positions (B, F)`` are the frames' indices."""
         frames = min(positions.shape[1], self.slots)

@@ -7,9 +7,10 @@ import torch
 
 from worldmodel.bundle import ModelBundle
 from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
+from worldmodel.onnx_backend import OnnxStepper, graph_path, onnx_available
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "onnx")
 
 
 class Simulator:
@@ -23,13 +24,18 @@ class Simulator:
     Args:
         model: a loaded :class:`~worldmodel.bundle.ModelBundle`.
         batch_size: number of dreams B.
-        backend: ``"auto"`` or ``"torch"`` (PyTorch on the model's device).
+        backend: ``"torch"`` (PyTorch on the model's device), ``"onnx"`` (onnxruntime, the
+            CPU or CUDA execution provider by the model's device, exporting the graph on first
+            use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx where this
+            checkpoint's graph is already exported (``python -m worldmodel.export``, or the
+            first ``python -m play``), else torch. The chosen one is in :attr:`backend`.
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
 
     Raises:
         ValueError: unknown backend, or a batch size below 1.
+        worldmodel.onnx_backend.OnnxUnavailable: ``backend="onnx"`` where it cannot run.
     """
 
     def __init__(self, model: ModelBundle, batch_size: int = 1, backend: str = "auto", seed: int = 0, *,
@@ -38,8 +44,9 @@ class Simulator:
             raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.batch_size, self.backend = model, batch_size, "torch"
+        self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
+        self.backend, self._onnx = self._choose_backend(backend)
         self.steps = model.sampler.steps if sampling_steps is None else sampling_steps
         self.schedule = sampling_schedule(self.steps, model.sampler.noise_shift)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
@@ -54,6 +61,24 @@ class Simulator:
         # Tokens of each dream's latest frame as written into the cache: the next frame is
         # conditioned on them (frame stacking) besides attending to the cache.
         self.prev_tokens = torch.zeros((batch_size, 1, *self.token_shape), device=self.device)
+
+    def _choose_backend(self, backend: str):
+        if backend == "auto":
+            # onnx only where this checkpoint's graph is exported already: exporting takes
+            # seconds to a minute, which "auto" must not spend behind the caller's back.
+            ready = onnx_available(self.device) and graph_path(self.model.dynamics).exists()
+            backend = "onnx" if ready else "torch"
+        if backend == "torch":
+            return "torch", None
+        return "onnx", OnnxStepper(self.model.dynamics, self.device)
+
+    def _pass(self, x, levels, acts, positions, *, write: bool):
+        """One cached pass of the dynamics model over the new frame, by the chosen backend."""
+        if self._onnx is not None:
+            return self._onnx(x, levels, acts, positions, self.cache, write=write, prev_tokens=self.prev_tokens,
+                              prev_level=self.context_noise)
+        return self.model.dynamics(x, levels, acts, positions, cache=self.cache, write=write,
+                                   prev_tokens=self.prev_tokens, prev_level=self.context_noise)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -161,15 +186,13 @@ class Simulator:
         acts = self._check_actions(actions, (b,), "actions")[:, None]                 # (B, 1)
         positions = (self.cache.last_position() + 1)[:, None]                          # (B, 1)
         x = torch.randn((b, 1, *self.token_shape), generator=self.generator, device=self.device)
-        dyn = self.model.dynamics
         for s, s_next in zip(self.schedule[:-1], self.schedule[1:]):
             levels = torch.full((b, 1), s, device=self.device)
-            x0 = dyn(x, levels, acts, positions, cache=self.cache, prev_tokens=self.prev_tokens,
-                     prev_level=self.context_noise).x0
+            x0 = self._pass(x, levels, acts, positions, write=False).x0
             x = euler_step(x, x0, s, s_next)
         levels = torch.full((b, 1), self.context_noise, device=self.device)
         written = self._noised(x, levels)
-        out = dyn(written, levels, acts, positions, cache=self.cache, write=True, prev_tokens=self.prev_tokens)
+        out = self._pass(written, levels, acts, positions, write=True)
         self.prev_tokens = written
         frames = tensor_to_frames(self.model.tokenizer.decode(x))[:, 0].cpu().numpy()
         rewards, terminated = out.reward_and_end()

@@ -1,0 +1,73 @@
+"""The onnxruntime backend: same dream as PyTorch, export cache, backend choice; and a step's
+cost that does not grow with the episode (the bounded KV cache)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel import Simulator
+from worldmodel.onnx_backend import cached_step_graph, graph_path, onnx_available
+
+pytestmark = pytest.mark.skipif(not onnx_available(torch.device("cpu")),
+                                reason="onnxruntime, onnx or onnxscript not installed")
+
+#: Largest difference, in uint8 levels, between an onnx and a torch dream frame (float32 both;
+#: the graphs' arithmetic order differs by rounding only).
+FRAME_TOLERANCE = 2
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DREAMGAMES_CACHE", str(tmp_path_factory.mktemp("dreamgames-cache")))
+    yield
+    mp.undo()
+
+
+def _start(bundle, batch):
+    idx = np.arange(batch) % len(bundle.start_frames)
+    return bundle.start_frames.numpy()[idx], bundle.start_actions.numpy()[idx]
+
+
+def test_onnx_frames_match_torch(tiny_bundle, onnx_cache):
+    onnx = Simulator(tiny_bundle, batch_size=3, backend="onnx", seed=7)
+    ref = Simulator(tiny_bundle, batch_size=3, backend="torch", seed=7)
+    assert onnx.backend == "onnx" and ref.backend == "torch"
+    for sim in (onnx, ref):
+        sim.reset(*_start(tiny_bundle, 3))
+    rng = np.random.default_rng(0)
+    worst = 0
+    for _ in range(12):                                   # past the ring's length: slots are reused
+        a = rng.integers(tiny_bundle.num_actions, size=3)
+        fo, ro, eo = onnx.step(a)
+        ft, rt, et = ref.step(a)
+        worst = max(worst, int(np.abs(fo.astype(np.int16) - ft).max()))
+        np.testing.assert_array_equal(ro, rt)
+        np.testing.assert_array_equal(eo, et)
+    assert worst <= FRAME_TOLERANCE
+    torch.testing.assert_close(onnx.cache.k, ref.cache.k, atol=1e-3, rtol=0)
+    # A subset reset goes through the same shared cache.
+    for sim in (onnx, ref):
+        sim.reset(*_start(tiny_bundle, 1), env_ids=[1])
+    fo, _, _ = onnx.step(np.array([2, 3, 0]))
+    ft, _, _ = ref.step(np.array([2, 3, 0]))
+    assert int(np.abs(fo.astype(np.int16) - ft).max()) <= FRAME_TOLERANCE
+
+
+def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache):
+    path = cached_step_graph(tiny_bundle.dynamics, verbose=False)
+    assert path == graph_path(tiny_bundle.dynamics) and path.stat().st_size > 0
+    mtime = path.stat().st_mtime_ns
+    assert cached_step_graph(tiny_bundle.dynamics, verbose=False).stat().st_mtime_ns == mtime
+    assert Simulator(tiny_bundle, backend="auto").backend == "onnx"
+    # Other weights, another graph: "auto" does not export behind the caller's back.
+    other = type(tiny_bundle.dynamics)(tiny_bundle.dynamics_config)
+    assert graph_path(other) != path and not graph_path(other).exists()
+
+
+def test_auto_falls_back_to_torch_without_an_exported_graph(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMGAMES_CACHE", str(tmp_path))
+    assert Simulator(tiny_bundle, backend="auto").backend == "torch"
+    assert not any(tmp_path.rglob("*.onnx"))

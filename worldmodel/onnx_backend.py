@@ -1,0 +1,261 @@
+"""The onnxruntime backend of the Simulator: one denoising pass of one new frame as an ONNX graph.
+
+The graph is the dynamics model's cached single-frame forward pass
+(:meth:`worldmodel.dynamics.DynamicsModel.forward` with a KV cache), with the cache as
+explicit inputs and the new frame's keys and values as outputs:
+
+=================  =============================================  ==========
+input              shape                                          dtype
+=================  =============================================  ==========
+``tokens``         ``(B, 1, N, D_tok)`` noisy tokens of the frame  float32
+``level``          ``(B, 1)`` its noise level                       float32
+``action``         ``(B, 1)`` the action that produced it           int64
+``position``       ``(B, 1)`` its absolute frame index              int64
+``prev_tokens``    ``(B, 1, N, D_tok)`` the previous frame's tokens float32
+``prev_level``     ``(B, 1)`` their noise level                     float32
+``past_k``         ``(depth, B, heads, S*N, head_dim)`` cached keys float32
+``past_v``         same, cached values                              float32
+``past_mask``      ``(B, S*N)`` which cached tokens hold a frame    bool
+=================  =============================================  ==========
+
+outputs: ``x0 (B, 1, N, D_tok)``, ``new_k`` / ``new_v (depth, B, heads, N, head_dim)``,
+``reward_logits (B, 1, 3)``, ``end_logits (B, 1)``. The ring buffer itself
+(:class:`worldmodel.kv_cache.KVCache`) stays outside the graph: the Simulator writes
+``new_k``/``new_v`` into the slot of the frame it commits. The batch axis is dynamic.
+
+Inputs and outputs are bound with onnxruntime's IOBinding to the torch tensors the
+Simulator already holds (CPU memory, or GPU memory with the CUDA execution provider), so
+frames and caches are not copied between steps.
+
+Graphs are exported with ``torch.onnx.export(dynamo=True)`` at opset 23 and cached under
+``$DREAMGAMES_CACHE`` (default ``~/.cache/dreamgames``), keyed by a hash of the weights and
+config, so only the first use of a checkpoint pays for the export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from worldmodel.dynamics import DynamicsModel, DynamicsOutput
+
+OPSET = 23
+INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "prev_level", "past_k", "past_v", "past_mask")
+OUTPUTS = ("x0", "new_k", "new_v", "reward_logits", "end_logits")
+
+
+class OnnxUnavailable(RuntimeError):
+    """onnxruntime, or the exporter's packages (onnx, onnxscript), cannot be used here."""
+
+
+class _GraphCache:
+    """Stands in for :class:`~worldmodel.kv_cache.KVCache` while tracing: the past keys and
+    values are graph inputs, and what the model writes is collected as graph outputs."""
+
+    def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor, past_mask: torch.Tensor):
+        self.k, self.v, self._mask = past_k, past_v, past_mask
+        self.new_k: list[torch.Tensor] = []
+        self.new_v: list[torch.Tensor] = []
+
+    def token_mask(self) -> torch.Tensor:
+        return self._mask
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.new_k.append(k)
+        self.new_v.append(v)
+
+    def commit(self, positions: torch.Tensor) -> None:
+        pass
+
+
+class StepGraph(nn.Module):
+    """The exported module: a cached single-frame pass of ``dynamics`` (see the module docstring)."""
+
+    def __init__(self, dynamics: DynamicsModel):
+        super().__init__()
+        self.dynamics = dynamics
+
+    def forward(self, tokens, level, action, position, prev_tokens, prev_level, past_k, past_v, past_mask):
+        cache = _GraphCache(past_k, past_v, past_mask)
+        out = self.dynamics(tokens, level, action, position, cache=cache, write=True, prev_tokens=prev_tokens,
+                            prev_level=prev_level)
+        return out.x0, torch.stack(cache.new_k), torch.stack(cache.new_v), out.reward_logits, out.end_logits
+
+
+def example_inputs(dynamics: DynamicsModel, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Inputs of the graph's shapes and dtypes for ``batch`` dreams (random values)."""
+    c = dynamics.cfg
+    s, n, d, h, hd = c.context_frames - 1, c.tokens_per_frame, c.token_dim, c.heads, dynamics.head_dim
+    return (torch.randn(batch, 1, n, d), torch.rand(batch, 1), torch.zeros(batch, 1, dtype=torch.long),
+            torch.full((batch, 1), s, dtype=torch.long), torch.randn(batch, 1, n, d), torch.zeros(batch, 1),
+            torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
+            torch.ones(batch, s * n, dtype=torch.bool))
+
+
+def cache_dir() -> Path:
+    """Where exported graphs are kept: ``$DREAMGAMES_CACHE/onnx`` or ``~/.cache/dreamgames/onnx``."""
+    root = os.environ.get("DREAMGAMES_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
+                                                      "dreamgames")
+    return Path(root) / "onnx"
+
+
+def graph_key(dynamics: DynamicsModel) -> str:
+    """A hash of the dynamics model's config, weights and the export settings."""
+    h = hashlib.sha256(json.dumps({"cfg": dynamics.cfg.__dict__, "opset": OPSET, "torch": torch.__version__},
+                                  sort_keys=True, default=str).encode())
+    for name, t in sorted(dynamics.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
+    """Export :class:`StepGraph` of ``dynamics`` (float32, on the CPU) to ``path``.
+
+    Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
+
+    Raises:
+        OnnxUnavailable: the exporter's packages are missing.
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise OnnxUnavailable(f"exporting ONNX needs the onnx and onnxscript packages ({e})") from None
+    import copy
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = StepGraph(copy.deepcopy(dynamics).float().cpu()).eval()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = {name: {1 if name in ("past_k", "past_v") else 0: batch} for name in INPUTS}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, example_inputs(graph.dynamics), str(tmp), dynamo=True, opset_version=OPSET,
+                              input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_shapes=dynamic,
+                              external_data=False, verbose=False)
+        os.replace(tmp, path)
+    finally:
+        quiet.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def graph_path(dynamics: DynamicsModel) -> Path:
+    """Where the exported graph of ``dynamics`` is cached (it may not exist yet)."""
+    return cache_dir() / f"dynamics-{graph_key(dynamics)}.onnx"
+
+
+def cached_step_graph(dynamics: DynamicsModel, *, verbose: bool = True) -> Path:
+    """The exported graph of ``dynamics``, exported now if it is not in :func:`cache_dir` yet."""
+    path = graph_path(dynamics)
+    if not path.exists():
+        t0 = time.perf_counter()
+        if verbose:
+            print(f"exporting the dynamics model to ONNX (once per checkpoint) -> {path}", flush=True)
+        export_step_graph(dynamics, path)
+        if verbose:
+            print(f"exported in {time.perf_counter() - t0:.1f} s", flush=True)
+    return path
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise OnnxUnavailable(f"onnxruntime is not installed ({e})") from None
+    return ort
+
+
+def onnx_available(device: torch.device) -> bool:
+    """Whether the onnxruntime backend can run a model on ``device`` here (runtime and exporter present)."""
+    try:
+        ort = _ort()
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except (OnnxUnavailable, ImportError):
+        return False
+    wanted = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+    return wanted in ort.get_available_providers()
+
+
+class OnnxStepper:
+    """Runs :class:`StepGraph` with onnxruntime on the Simulator's torch tensors.
+
+    Args:
+        dynamics: the (torch) dynamics model; its graph is exported or taken from the cache.
+        device: where the Simulator's tensors live: CPU (CPU execution provider) or CUDA
+            (CUDA execution provider; tensors stay on the GPU through IOBinding).
+        threads: intra-op threads of the CPU provider (default: torch's thread count).
+
+    Raises:
+        OnnxUnavailable: onnxruntime, the exporter, or the execution provider is missing.
+    """
+
+    def __init__(self, dynamics: DynamicsModel, device: torch.device, *, threads: int | None = None,
+                 verbose: bool = True):
+        ort = _ort()
+        self.device = torch.device(device)
+        provider = "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise OnnxUnavailable(f"onnxruntime has no {provider} here (it has {ort.get_available_providers()})")
+        self.path = cached_step_graph(dynamics, verbose=verbose)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = [{"device_id": self.device.index or 0}] if provider == "CUDAExecutionProvider" else [{}]
+        self.session = ort.InferenceSession(str(self.path), opts, providers=[provider], provider_options=options)
+        self.provider = provider
+        self._ort_device = "cuda" if self.device.type == "cuda" else "cpu"
+        self._device_id = self.device.index or 0
+        cfg = dynamics.cfg
+        self._out_shapes = {"x0": lambda b: (b, 1, cfg.tokens_per_frame, cfg.token_dim),
+                            "new_k": lambda b: (cfg.depth, b, cfg.heads, cfg.tokens_per_frame, dynamics.head_dim),
+                            "new_v": lambda b: (cfg.depth, b, cfg.heads, cfg.tokens_per_frame, dynamics.head_dim),
+                            "reward_logits": lambda b: (b, 1, 3), "end_logits": lambda b: (b, 1)}
+        self._outputs: dict[str, torch.Tensor] = {}
+
+    def _bind(self, binding, name: str, t: torch.Tensor, output: bool = False) -> None:
+        np_type = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}[t.dtype]
+        bind = binding.bind_output if output else binding.bind_input
+        bind(name, self._ort_device, self._device_id, np_type, list(t.shape), t.data_ptr())
+
+    def __call__(self, tokens, levels, actions, positions, cache, *, write: bool, prev_tokens,
+                 prev_level: float) -> DynamicsOutput:
+        """One pass, like ``dynamics(tokens, levels, actions, positions, cache=cache, write=write, ...)``."""
+        b = tokens.shape[0]
+        prev_lv = torch.full((b, 1), float(prev_level), device=self.device)
+        inputs = (tokens, levels, actions, positions, prev_tokens, prev_lv, cache.k, cache.v, cache.token_mask())
+        if not self._outputs or self._outputs["x0"].shape[0] != b:
+            self._outputs = {name: torch.empty(shape(b), device=self.device) for name, shape in
+                             self._out_shapes.items()}
+        binding = self.session.io_binding()
+        bound = [t.contiguous() for t in inputs]          # referenced here until the run is over
+        for name, t in zip(INPUTS, bound):
+            self._bind(binding, name, t)
+        for name, t in self._outputs.items():
+            self._bind(binding, name, t, output=True)
+        self.session.run_with_iobinding(binding)
+        out = self._outputs
+        if write:
+            cache.write_frame(out["new_k"], out["new_v"])
+            cache.commit(positions)
+        return DynamicsOutput(x0=out["x0"].clone(), reward_logits=out["reward_logits"].clone(),
+                              end_logits=out["end_logits"].clone())
