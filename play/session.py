@@ -107,6 +107,35 @@ class PlaySession:
         self.step_count, self.score = 0, 0.0
         return self.frame
 
+    def reset_from(self, frames: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Restart the dream from given real frames, such as the real game's latest ones.
+
+        Only the last :attr:`context_frames` frames reach the dream's context; older ones are
+        ignored, as :meth:`worldmodel.Simulator.reset` does.
+
+        Args:
+            frames: ``(T, H, W, 3)`` uint8, ``T >= 1``, oldest first.
+            actions: ``(T-1,)`` int64, the action (or latent code) taken after each frame but
+                the last.
+
+        Returns:
+            ``(H, W, 3)`` uint8, the dream's latest frame: ``frames[-1]``.
+
+        Raises:
+            ValueError: wrong shapes or dtype, or an action out of range.
+        """
+        frames, actions = np.asarray(frames), np.asarray(actions)
+        if frames.ndim != 4:
+            raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.dtype} {frames.shape}")
+        self.frame = self.sim.reset(frames[None], actions[None])[0]
+        self.step_count, self.score = 0, 0.0
+        return self.frame
+
+    @property
+    def context_frames(self) -> int:
+        """Real frames a reset can use: the dream's context window less the frame it generates."""
+        return self.sim.cache.slots
+
     def action_for_keys(self, held: set[str]) -> int:
         """The game's action for the held key names (the bundle's key map)."""
         return self.spec.action_for_keys(held)
