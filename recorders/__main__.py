@@ -3,6 +3,7 @@
 Examples::
 
     python -m recorders game=pong episodes=50 policy=mixed out=data/pong
+    # killed? the same command again records only the missing episodes; append=true adds more
     python -m recorders game=breakout policy=random num_envs=4
     python -m recorders game=pong policy=human          # play by keyboard, Esc stops
 """
@@ -32,6 +33,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("stopped; finished episodes are kept", file=sys.stderr)
+        return
+    if writer.episodes_written == 0:
+        print(f"nothing to record: {writer.root} already holds {writer.episodes_before} episodes "
+              f"(append=true records more)")
         return
     print(f"wrote {writer.episodes_written} episodes, {writer.frames_written} frames to {writer.root}")
 

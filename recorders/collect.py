@@ -24,7 +24,10 @@ class RecordConfig:
     Attributes:
         game: game name (``pong``, ``breakout``, ``cartpole``).
         out: dataset directory (created, or appended to).
-        episodes: number of whole episodes to write.
+        episodes: episodes the dataset holds when the recording is done. Episodes already in
+            ``out`` count, so rerunning a killed (or finished) command records only what is
+            missing; with ``append`` this many new episodes are recorded on top instead.
+        append: record ``episodes`` new episodes whatever ``out`` already holds.
         max_steps: cut each episode after this many steps (it is written as truncated).
         num_envs: sub-environments stepped together.
         vector: ``"async"`` (one process per env) or ``"sync"``.
@@ -34,12 +37,16 @@ class RecordConfig:
         frame_skip: emulator frames per step (ALE; ``None``: the game's default).
         sticky_actions: ALE's repeat-action probability.
         size: frame height and width.
-        seed: seeds the envs (env ``i`` gets ``seed + i``) and the policy.
+        seed: seeds the envs (env ``i`` gets ``seed + i``) and the policy. When ``out``
+            already holds episodes, the recording continues from a seed derived from
+            ``(seed, episodes already there)``, so a resumed run does not replay the same games.
+        compress_level: zlib level of the episode files, 1 (fastest) to 9; 0: uncompressed.
     """
 
     game: str = "pong"
     out: str = "data/pong"
     episodes: int = 10
+    append: bool = False
     max_steps: int = 2000
     num_envs: int = 2
     vector: str = "async"
@@ -49,6 +56,7 @@ class RecordConfig:
     sticky_actions: float = 0.0
     size: int = 64
     seed: int = 0
+    compress_level: int = 1
 
     POLICIES = ("random", "scripted", "mixed", "human")
 
@@ -66,16 +74,19 @@ class RecordConfig:
             raise ValueError(f"frame_skip must be a positive integer or null, got {self.frame_skip!r}")
         if not isinstance(self.sticky_actions, (int, float)) or not 0.0 <= self.sticky_actions <= 1.0:
             raise ValueError(f"sticky_actions must be in [0, 1], got {self.sticky_actions!r}")
+        if isinstance(self.compress_level, bool) or self.compress_level not in range(10):
+            raise ValueError(f"compress_level must be in 0..9 (0: uncompressed), got {self.compress_level!r}")
 
 
-def make_policy(cfg: RecordConfig, num_envs: int) -> Policy:
-    """Build the policy named by ``cfg.policy``.
+def make_policy(cfg: RecordConfig, num_envs: int, *, seed: int | None = None) -> Policy:
+    """Build the policy named by ``cfg.policy``, seeded with ``seed`` (``None``: ``cfg.seed``).
 
     Raises:
         ValueError: unknown policy name, or a Pong-only policy for another game.
     """
     spec = get_game(cfg.game)
-    rand = RandomRepeatPolicy(num_envs, spec.num_actions, max_repeat=cfg.max_repeat, seed=cfg.seed)
+    seed = cfg.seed if seed is None else seed
+    rand = RandomRepeatPolicy(num_envs, spec.num_actions, max_repeat=cfg.max_repeat, seed=seed)
     if cfg.policy == "random":
         return rand
     if cfg.policy in ("scripted", "mixed") and cfg.game != "pong":
@@ -83,9 +94,9 @@ def make_policy(cfg: RecordConfig, num_envs: int) -> Policy:
             return rand
         raise ValueError(f"the scripted policy plays Pong only, not {cfg.game!r}")
     if cfg.policy == "scripted":
-        return ScriptedPongPolicy(num_envs, seed=cfg.seed)
+        return ScriptedPongPolicy(num_envs, seed=seed)
     if cfg.policy == "mixed":
-        return MixedPolicy([rand, ScriptedPongPolicy(num_envs, seed=cfg.seed + 1)], num_envs=num_envs, seed=cfg.seed)
+        return MixedPolicy([rand, ScriptedPongPolicy(num_envs, seed=seed + 1)], num_envs=num_envs, seed=seed)
     if cfg.policy == "human":
         return KeyboardPolicy(spec)
     raise ValueError(f"unknown policy {cfg.policy!r}; choose random, scripted, mixed or human")
@@ -103,11 +114,26 @@ def _env_factory(cfg: RecordConfig):
     return thunk
 
 
-def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = True) -> DatasetWriter:
-    """Play ``cfg.episodes`` whole episodes and write them to ``cfg.out``.
+def resumed_seed(seed: int, episodes_before: int) -> int:
+    """The seed a recording starts from when its dataset already holds ``episodes_before`` episodes.
 
-    Episodes are written as soon as they end, atomically, so a killed recorder loses only
-    the episodes in flight. Recording into an existing dataset of the same game appends.
+    ``seed`` itself for a new dataset; otherwise a 31-bit seed drawn from
+    ``SeedSequence([seed, episodes_before])``, so that resuming replays no earlier game.
+    """
+    if episodes_before == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, episodes_before]).generate_state(1)[0] >> 1)
+
+
+def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = True) -> DatasetWriter:
+    """Play whole episodes until ``cfg.out`` holds ``cfg.episodes`` of them (or, with
+    ``cfg.append``, ``cfg.episodes`` more), writing each as soon as it ends.
+
+    Each episode file is written atomically, so a killed recorder loses only the episodes in
+    flight, and running the same command again finishes the job. Recording into an existing
+    dataset of the same game appends. The file of an episode that just ended is written while
+    the envs play the next step (Gymnasium's ``step_async``), so disk and compression time
+    overlap with emulation.
 
     Args:
         cfg: what to record.
@@ -116,46 +142,74 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
         progress: show a progress bar with frames per second.
 
     Returns:
-        The writer, whose ``frames_written`` and ``episodes_written`` count what was written.
+        The writer, whose ``frames_written`` and ``episodes_written`` count what was written
+        and ``episodes_before`` what was there before.
+
+    Raises:
+        DatasetError: ``cfg.out`` holds a dataset of another game, frame size or action set.
+        KeyboardInterrupt: the human player quit (Esc); finished episodes are written first.
     """
     spec = get_game(cfg.game)
     num_envs = 1 if cfg.policy == "human" else cfg.num_envs
-    if policy is None:
-        policy = make_policy(cfg, num_envs)
-    elif not hasattr(policy, "episode_start"):
-        policy = CallablePolicy(policy)
     frame_skip = spec.frame_skip if cfg.frame_skip is None else cfg.frame_skip
     writer = DatasetWriter(cfg.out, dict(
         game=spec.name, frame_size=[cfg.size, cfg.size], frame_skip=frame_skip, sticky_actions=cfg.sticky_actions,
-        action_meanings=list(spec.action_meanings), fps=spec.fps, env_id=spec.env_id))
+        action_meanings=list(spec.action_meanings), fps=spec.fps, env_id=spec.env_id),
+        compress_level=cfg.compress_level)
+    target = cfg.episodes if cfg.append else max(0, cfg.episodes - writer.episodes_before)
+    if target == 0:
+        return writer
+    seed = resumed_seed(cfg.seed, writer.episodes_before)
+    if policy is None:
+        policy = make_policy(cfg, num_envs, seed=seed)
+    elif not hasattr(policy, "episode_start"):
+        policy = CallablePolicy(policy)
     vec_cls = gym.vector.AsyncVectorEnv if (cfg.vector == "async" and num_envs > 1) else gym.vector.SyncVectorEnv
     envs = vec_cls([_env_factory(cfg)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-    bar = tqdm(total=cfg.episodes, unit="ep", disable=not progress, desc=f"recording {spec.name}")
+    overlap = hasattr(envs, "step_async")
+    bar = tqdm(total=target, unit="ep", disable=not progress, desc=f"recording {spec.name}")
     start = time.perf_counter()
     blas = threadpool_limits(1, user_api="blas")
+    finished: list[Episode] = []          # ended, not yet on disk
+
+    def flush() -> None:
+        for episode in finished:
+            writer.write(episode)
+            bar.update(1)
+            bar.set_postfix(fps=f"{writer.frames_written / (time.perf_counter() - start):.0f}")
+        finished.clear()
+
     try:
-        obs, _ = envs.reset(seed=[cfg.seed + i for i in range(num_envs)])
+        env_seeds = [seed + i for i in range(num_envs)]
+        obs, _ = envs.reset(seed=env_seeds)
         buffers = [_Buffer(obs[i]) for i in range(num_envs)]
         for i in range(num_envs):
             policy.episode_start(i)
-        episode_seeds = [cfg.seed + i for i in range(num_envs)]
         done = np.zeros(num_envs, bool)
-        while writer.episodes_written < cfg.episodes:
+        while writer.episodes_written + len(finished) < target:
             actions = policy(obs)
-            obs, rewards, term, trunc, _ = envs.step(actions)
+            if overlap:
+                envs.step_async(actions)
+                flush()                   # compress and write while the workers step
+                obs, rewards, term, trunc, _ = envs.step_wait()
+            else:
+                flush()
+                obs, rewards, term, trunc, _ = envs.step(actions)
             for i in range(num_envs):
                 if done[i]:  # NEXT_STEP autoreset: this step only reset env i
                     buffers[i] = _Buffer(obs[i])
                     policy.episode_start(i)
                     continue
                 buffers[i].add(actions[i], rewards[i], term[i], trunc[i], obs[i])
-                if (term[i] or trunc[i]) and writer.episodes_written < cfg.episodes:
+                if (term[i] or trunc[i]) and writer.episodes_written + len(finished) < target:
                     info = dict(policy=getattr(policy, "current_name", lambda _: policy.name)(i),
-                                vector_seed=episode_seeds[i], env_index=i, recorded_at=time.time())
-                    writer.write(buffers[i].episode(info))
-                    bar.update(1)
-                    bar.set_postfix(fps=f"{writer.frames_written / (time.perf_counter() - start):.0f}")
+                                vector_seed=env_seeds[i], env_index=i, recorded_at=time.time())
+                    finished.append(buffers[i].episode(info))
             done = term | trunc
+        flush()
+    except KeyboardInterrupt:
+        flush()
+        raise
     finally:
         blas.restore_original_limits()
         envs.close()

@@ -9,7 +9,9 @@ Layout of a dataset directory (format version 1)::
         episode_000001.npz
         ...
 
-Each ``episode_*.npz`` is a plain NumPy archive (readable with ``numpy.load`` alone):
+Each ``episode_*.npz`` is a plain NumPy archive (readable with ``numpy.load`` alone; deflated
+at zlib level 1 by default, which writes ~3.5x faster than ``np.savez_compressed``'s level 6
+for files ~1.7x larger, still ~80x smaller than raw Pong frames):
 
 ====================  ======================  =============================================
 array                 shape, dtype            meaning
@@ -30,7 +32,10 @@ final observation, which is Minari's convention. ``metadata.json`` holds::
      "policy": "...", "seed": 0}
 
 A killed recorder loses only the episodes it had not finished: each file appears whole or
-not at all, and a later recording into the same directory appends new episode numbers.
+not at all (a ``*.tmp`` file may be left behind; readers ignore it, :func:`validate_dataset`
+names it and the next :class:`DatasetWriter` removes it), and a later recording into the same
+directory appends new episode numbers. ``docs/dataset_format.md`` shows how to read the
+format with NumPy alone.
 """
 
 from __future__ import annotations
@@ -87,6 +92,9 @@ class Episode:
         for name, dtype in (("actions", np.int64), ("rewards", np.float32), ("terminated", np.bool_),
                             ("truncated", np.bool_)):
             a = getattr(self, name)
+            if a.ndim == 1 and len(a) != t:
+                raise DatasetError(f"{where}: mismatched lengths: {name} has {len(a)} steps but frames has "
+                                   f"{len(f)} frames (T+1 frames need T={t} steps)")
             if a.dtype != dtype or a.shape != (t,):
                 raise DatasetError(f"{where}: {name} must be {np.dtype(dtype)} ({t},), got {a.dtype} {a.shape}")
         if num_actions is not None and len(self.actions):
@@ -96,24 +104,49 @@ class Episode:
                 raise DatasetError(f"{where}: action {bad} out of range [0, {num_actions})")
 
 
-def save_episode(path: str | Path, episode: Episode, *, compress: bool = True) -> Path:
-    """Write one episode atomically: to ``<path>.tmp`` first, then renamed into place.
+def save_episode(path: str | Path, episode: Episode, *, compress: bool = True, level: int = 1) -> Path:
+    """Write one episode atomically: to ``<path>.tmp`` first, flushed to disk, then renamed into place.
+
+    Args:
+        path: the ``.npz`` file to write.
+        episode: the episode (validated first).
+        compress: deflate the arrays (``False``: store them as they are).
+        level: zlib level 1 (fastest) to 9 (smallest) when compressing.
 
     Returns:
         The final path.
+
+    Raises:
+        DatasetError: the episode is inconsistent (nothing is written).
+        ValueError: ``level`` outside 1..9.
     """
+    if not (isinstance(level, int) and 1 <= level <= 9):
+        raise ValueError(f"level must be a zlib level in 1..9, got {level!r}")
     path = Path(path)
     episode.validate(where=str(path))
     tmp = path.with_name(path.name + ".tmp")
     arrays = dict(frames=episode.frames, actions=episode.actions, rewards=episode.rewards,
                   terminated=episode.terminated, truncated=episode.truncated,
                   info=np.array(json.dumps(episode.info)))
-    with open(tmp, "wb") as fh:
-        (np.savez_compressed if compress else np.savez)(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            _write_npz(fh, arrays, level if compress else None)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # only a killed process leaves a *.tmp behind
+        raise
     os.replace(tmp, path)
     return path
+
+
+def _write_npz(fh, arrays: dict[str, np.ndarray], level: int | None) -> None:
+    """What ``np.savez`` / ``np.savez_compressed`` write, with a chosen zlib level (``None``: stored)."""
+    compression = zipfile.ZIP_STORED if level is None else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(fh, "w", compression=compression, compresslevel=level, allowZip64=True) as zf:
+        for name, array in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def load_episode(path: str | Path) -> Episode:
@@ -151,14 +184,24 @@ class DatasetWriter:
         metadata: dataset-level metadata (``game``, ``frame_size``, ``action_meanings``, ...).
             When the directory already holds a dataset, the keys that define the data
             (``game``, ``frame_size``, ``frame_skip``, ``action_meanings``) must match it.
+        compress_level: zlib level of the episode files, 1 (fastest) to 9; 0 stores them
+            uncompressed.
+
+    Attributes:
+        episodes_before: episode files that were already there when the writer opened.
+        episodes_written, frames_written: what this writer added.
 
     Raises:
         DatasetError: appending to a dataset of another game, size or action set.
+        ValueError: ``compress_level`` outside 0..9.
     """
 
     _IDENTITY_KEYS = ("game", "frame_size", "frame_skip", "action_meanings")
 
-    def __init__(self, root: str | Path, metadata: dict):
+    def __init__(self, root: str | Path, metadata: dict, *, compress_level: int = 1):
+        if not (isinstance(compress_level, int) and 0 <= compress_level <= 9):
+            raise ValueError(f"compress_level must be in 0..9 (0: uncompressed), got {compress_level!r}")
+        self.compress_level = compress_level
         self.root = Path(root)
         (self.root / "episodes").mkdir(parents=True, exist_ok=True)
         meta_path = self.root / "metadata.json"
@@ -171,22 +214,32 @@ class DatasetWriter:
                                        f"{old.get(key)!r}")
         else:
             tmp = meta_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(meta, indent=2))
+            with open(tmp, "w") as fh:
+                fh.write(json.dumps(meta, indent=2))
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, meta_path)
         for stale in (self.root / "episodes").glob("*.tmp"):
             stale.unlink()  # an episode a killed recorder did not finish
-        existing = sorted((self.root / "episodes").glob("episode_*.npz"))
+        existing = episode_paths(self.root)
+        self.episodes_before = len(existing)
         self._next = 1 + max((int(p.stem.split("_")[1]) for p in existing), default=-1)
         self.frames_written = 0
         self.episodes_written = 0
 
     def write(self, episode: Episode) -> Path:
         """Write one episode under the next free number and return its path."""
-        path = save_episode(self.root / "episodes" / f"episode_{self._next:06d}.npz", episode)
+        path = save_episode(self.root / "episodes" / f"episode_{self._next:06d}.npz", episode,
+                            compress=self.compress_level > 0, level=max(self.compress_level, 1))
         self._next += 1
         self.frames_written += len(episode.frames)
         self.episodes_written += 1
         return path
+
+
+def episode_paths(root: str | Path) -> list[Path]:
+    """The episode files of a dataset directory, in episode order (``[]`` if there are none)."""
+    return sorted((Path(root) / "episodes").glob("episode_*.npz"))
 
 
 def read_metadata(root: str | Path) -> dict:
@@ -198,7 +251,7 @@ def read_metadata(root: str | Path) -> dict:
     root = Path(root)
     path = root / "metadata.json"
     if not path.exists():
-        raise DatasetError(f"{root}: not a dataset (no metadata.json)")
+        raise DatasetError(f"{path}: missing metadata, so {root} is not a dataset")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -233,7 +286,7 @@ class EpisodeDataset:
     def __init__(self, root: str | Path, *, load: bool = True):
         self.root = Path(root)
         self.metadata = read_metadata(self.root)
-        self.paths = sorted((self.root / "episodes").glob("episode_*.npz"))
+        self.paths = episode_paths(self.root)
         if not self.paths:
             raise DatasetError(f"{self.root}: the dataset holds no episodes")
         self._episodes: list[Episode | None] = [None] * len(self.paths)
@@ -258,13 +311,25 @@ class EpisodeDataset:
 
 
 def validate_dataset(root: str | Path) -> list[str]:
-    """Check every file of a dataset; return one message per problem (empty: all good)."""
-    problems = []
+    """Check every file of a dataset; return one message per problem (empty: all good).
+
+    Problems named: a missing, unreadable or foreign ``metadata.json``; no episodes; an
+    episode file that is corrupt (not an archive, truncated, lacking an array), whose
+    frames have the wrong dtype, shape or size, whose per-step arrays do not have one
+    entry fewer than its frames, or whose actions fall outside the action set; and
+    ``*.tmp`` files that an interrupted write left behind (readers ignore them, the next
+    recording into the directory removes them). Every message starts with the file's path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return [f"{root}: no such dataset directory"]
+    problems = [f"{p}: leftover temporary file of an interrupted write (readers ignore it; the next recording "
+                f"removes it, or delete it)" for p in sorted([*root.glob("*.tmp"), *root.glob("episodes/*.tmp")])]
     try:
         meta = read_metadata(root)
     except DatasetError as e:
-        return [str(e)]
-    paths = sorted((Path(root) / "episodes").glob("episode_*.npz"))
+        return [str(e), *problems]
+    paths = episode_paths(root)
     if not paths:
         problems.append(f"{root}: the dataset holds no episodes")
     for p in paths:

@@ -23,7 +23,7 @@ import torch
 
 from envs.games import get_game
 from recorders.collect import RecordConfig, record
-from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler
+from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler, episode_paths
 from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
 from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage, tokenizer_loss_fn)
 from training.presets import TrainBudget, get_budget
@@ -126,16 +126,17 @@ def ensure_datasets(cfg: PipelineConfig) -> tuple[EpisodeDataset, EpisodeDataset
     """Load the training and held-out datasets, recording what is missing.
 
     A dataset with fewer episodes than the budget asks for (an interrupted recording) is
-    topped up with new seeds, so rerunning the pipeline resumes the recording too.
+    topped up with new seeds (:func:`recorders.collect.record` resumes), so rerunning the
+    pipeline resumes the recording too.
     """
     rb = cfg.budget.record
     for path, episodes, seed in ((cfg.dataset, rb.episodes, cfg.seed), (cfg.heldout, rb.heldout_episodes,
                                                                         cfg.seed + 100_000)):
-        have = len(list((Path(path) / "episodes").glob("episode_*.npz")))
+        have = len(episode_paths(path))
         if have < episodes:
             print(f"recording {episodes - have} {cfg.game} episodes into {path}")
-            record(RecordConfig(game=cfg.game, out=path, episodes=episodes - have, max_steps=rb.max_steps,
-                                num_envs=rb.num_envs, policy="mixed", seed=seed + 1000 * have), progress=cfg.progress)
+            record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
+                                num_envs=rb.num_envs, policy="mixed", seed=seed), progress=cfg.progress)
     train, held = EpisodeDataset(cfg.dataset), EpisodeDataset(cfg.heldout)
     for ds in (train, held):
         if ds.metadata["game"] != cfg.game:
