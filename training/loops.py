@@ -1,11 +1,14 @@
-"""Training loops of the three stages, sharing one resumable stage runner."""
+"""Training loops of the three stages, sharing one resumable stage runner, on one process or
+data-parallel over several (``torchrun``, PyTorch's DistributedDataParallel)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -54,6 +58,106 @@ class StageBudget:
     pause_at: int | None = None
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel run (PyTorch DistributedDataParallel).
+
+    The default is a run of one process (rank 0 of 1), where nothing changes. ``torchrun``
+    starts one process per device and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; the
+    entry point reads them once with :meth:`from_env` and hands the result down. Every rank
+    samples its own training windows (seeds from :meth:`seed`), DDP averages the gradients,
+    so one step sees ``world_size x batch_size`` windows; rank 0 alone writes snapshots,
+    logs and outputs. See ``docs/distributed.md``.
+
+    Attributes:
+        rank: this process's index in ``range(world_size)``.
+        world_size: processes in the run.
+        local_rank: index on this machine, which picks the GPU (``cuda:<local_rank>``).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self):
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise ValueError(f"inconsistent distributed settings: rank={self.rank}, world_size={self.world_size}, "
+                             f"local_rank={self.local_rank}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Distributed:
+        """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (as ``torchrun`` sets them; absent: one process).
+
+        Raises:
+            ValueError: a value is not an integer, or they are inconsistent (naming them).
+        """
+        environ = os.environ if environ is None else environ
+        try:
+            values = {k: int(environ.get(k, default)) for k, default in
+                      (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))}
+        except ValueError:
+            raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got RANK={environ.get('RANK')!r}, "
+                             f"WORLD_SIZE={environ.get('WORLD_SIZE')!r}, LOCAL_RANK={environ.get('LOCAL_RANK')!r}")
+        return cls(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"])
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the one that writes files and logs."""
+        return self.rank == 0
+
+    def setup(self, device: torch.device) -> torch.device:
+        """Join the process group (NCCL on CUDA, gloo on CPU; ``torchrun``'s ``MASTER_ADDR`` and
+        ``MASTER_PORT`` say where) and return this rank's device (``cuda:<local_rank>`` on CUDA)."""
+        if not self.enabled:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not tdist.is_initialized():
+            tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=self.rank,
+                                     world_size=self.world_size)
+        return device
+
+    def seed(self, seed: int) -> int:
+        """The seed of this rank's own random stream: ``seed`` itself on rank 0 (so rank 0 draws
+        what a one-process run draws), a 31-bit seed from ``SeedSequence([seed, rank])`` on the others."""
+        if self.rank == 0:
+            return seed
+        return int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (nothing on one process)."""
+        if self.enabled:
+            tdist.barrier()
+
+    def shutdown(self) -> None:
+        """Leave the process group, if one was joined."""
+        if self.enabled and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+class _LossModule(torch.nn.Module):
+    """``loss_fn(model)`` as a module's forward, so that DDP's forward (which prepares its
+    gradient all-reduce) wraps the whole loss computation, whatever methods it calls."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tuple[torch.Tensor, dict]]):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self) -> tuple[torch.Tensor, dict]:
+        return self.loss_fn(self.model)
+
+
+def _rank_rng_state(rng: np.random.Generator, generators: dict[str, torch.Generator] | None) -> dict:
+    return dict(sampler_rng=rng.bit_generator.state, torch=torch.get_rng_state(),
+                generators={k: g.get_state() for k, g in (generators or {}).items()})
+
+
 def _amp_context(device: torch.device, amp: bool):
     if not amp:
         return nullcontext()
@@ -72,25 +176,37 @@ def cpu_supports_bf16() -> bool:
 def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tuple[torch.Tensor, dict]],
               budget: StageBudget, out_dir: Path, rng: np.random.Generator, *, device: torch.device, amp: bool,
               frames_per_step: int, progress: bool = True, generators: dict[str, torch.Generator] | None = None,
-              config: dict | None = None) -> tuple[torch.nn.Module, dict]:
+              config: dict | None = None, distributed: Distributed = Distributed()) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` on ``loss_fn`` until the budget is spent, resuming from ``out_dir`` if a snapshot is there.
+
+    Data-parallel when ``distributed.enabled``: every rank runs this with the same model and
+    budget and its own ``rng`` and ``generators`` (seeded per rank); the loss goes through
+    DistributedDataParallel, which averages the gradients, so every rank takes the same
+    optimizer step, the one a single process would take on the ranks' batches combined
+    (for a loss that is a mean over equal per-rank batches). Each step all-reduces the
+    logged values (the logs are the ranks' mean) and rank 0's clock, so that all ranks stop
+    and snapshot at the same step. Rank 0 alone writes the snapshots (with every rank's
+    random-generator states) and the history; on resume each rank restores its own.
 
     Args:
         name: stage name (for the progress bar).
         model: the module to train (on ``device``).
         loss_fn: draws a batch (from generators seeded by ``rng``) and returns (loss, logs).
-        budget: steps, time and optimizer settings.
-        out_dir: where snapshots go.
+        budget: steps, time and optimizer settings; ``batch_size`` is per rank.
+        out_dir: where snapshots go (a directory every rank can read, to resume).
         rng: the data sampler's generator (its state is saved and restored).
         device: training device.
         amp: bfloat16 autocast.
-        frames_per_step: frames one step consumes, for the frames/s readout.
+        frames_per_step: frames one step consumes on all ranks together, for the frames/s readout.
+        progress: show a progress bar (rank 0 only).
         generators: other random generators ``loss_fn`` draws from (saved and restored).
         config: the model's config, stored in snapshots; resuming with another one is refused.
+        distributed: this process's rank and world size (default: one process).
 
     Returns:
         (the trained module, EMA weights if configured, else the model itself; final logs).
     """
+    main = distributed.is_main
     ema = copy.deepcopy(model).requires_grad_(False) if budget.ema else None
     decay, no_decay = [], []
     for p in model.parameters():
@@ -100,14 +216,41 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
     step, elapsed = 0, 0.0
     if has_state(out_dir):
         meta = load_state(out_dir, model=model, ema=ema, optimizer=opt, sampler_rng=rng, generators=generators,
-                          config=config)
+                          config=config, rank=distributed.rank)
         step, elapsed = meta["step"], meta["elapsed"]
-        print(f"[{name}] resumed from {out_dir} at step {step} ({elapsed / 60:.1f} min trained)")
+        if main:
+            print(f"[{name}] resumed from {out_dir} at step {step} ({elapsed / 60:.1f} min trained)")
+        saved_world = meta.get("world_size", 1)
+        if saved_world != distributed.world_size and main:
+            print(f"[{name}] the snapshot was written by {saved_world} process(es), this run has "
+                  f"{distributed.world_size}: ranks without a saved sampler state start fresh streams")
+    forward = _LossModule(model, loss_fn)
+    if distributed.enabled:  # after loading: every rank holds the same weights; DDP checks and syncs them
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Some heads see no loss in some steps (no clean frame drew a reward target).
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=True)
     limit_s = budget.minutes * 60 if budget.minutes else math.inf
     logs: dict = {}
     history: list[dict] = []              # every 10 steps; appended to <out_dir>/history.jsonl at each save
-    bar = tqdm(total=budget.steps, initial=step, desc=name, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=budget.steps, initial=step, desc=name, disable=not (progress and main), unit="step",
+               dynamic_ncols=True)
     last_save = time.perf_counter()
+
+    def save() -> None:
+        # Every rank's generators travel to rank 0, which writes one snapshot for all.
+        states = [None] * distributed.world_size
+        mine = _rank_rng_state(rng, generators)
+        if distributed.enabled:
+            tdist.all_gather_object(states, mine)
+        else:
+            states = [mine]
+        if main:
+            _append_history(out_dir, history)
+            save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
+                       generators=generators, config=config, other_ranks=states[1:])
+
     model.train()
     t_seg, step_seg = time.perf_counter(), step
     stop = budget.steps if budget.pause_at is None else min(budget.steps, budget.pause_at)
@@ -119,9 +262,9 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
             g["lr"] = lr
         t0 = time.perf_counter()
         with _amp_context(device, amp):
-            loss, logs = loss_fn(model)
+            loss, logs = forward()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()                   # with DDP: the gradients arrive averaged over the ranks
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if ema is not None:
@@ -132,29 +275,45 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
         step += 1
         elapsed += time.perf_counter() - t0
         logs = {"loss": float(loss.detach()), **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in logs.items()}, "grad_norm": float(grad_norm), "lr": lr}
+        save_due = time.perf_counter() - last_save > budget.save_every_minutes * 60
+        if distributed.enabled:
+            logs, elapsed, save_due = _sync_step(logs, elapsed, save_due, distributed, device)
         if step % 10 == 0 or step == budget.steps:
             now = time.perf_counter()
             fps = (step - step_seg) * frames_per_step / max(now - t_seg, 1e-9)
             t_seg, step_seg = now, step
             bar.set_postfix(loss=f"{logs['loss']:.4f}", fps=f"{fps:.0f}", min=f"{elapsed / 60:.1f}")
-            history.append({"step": step, "minutes": round(elapsed / 60, 3), "frames_per_s": round(fps, 1),
-                            **{k: round(v, 6) for k, v in logs.items()}})
-            if not progress and step % 100 == 0:
+            if main:
+                history.append({"step": step, "minutes": round(elapsed / 60, 3), "frames_per_s": round(fps, 1),
+                                **{k: round(v, 6) for k, v in logs.items()}})
+            if main and not progress and step % 100 == 0:
                 print(f"[{name}] step {step}/{budget.steps} loss {logs['loss']:.4f} {fps:.0f} frames/s "
                       f"{elapsed / 60:.1f} min", flush=True)
         bar.update(1)
-        if time.perf_counter() - last_save > budget.save_every_minutes * 60:
-            _append_history(out_dir, history)
-            save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
-                       generators=generators, config=config)
+        if save_due:
+            save()
             last_save = time.perf_counter()
     bar.close()
-    _append_history(out_dir, history)
-    save_state(out_dir, model=model, ema=ema, optimizer=opt, step=step, elapsed=elapsed, sampler_rng=rng,
-               generators=generators, config=config)
+    save()
     logs.update(step=step, minutes=elapsed / 60)
     final = ema if ema is not None else model
     return final.eval(), logs
+
+
+def _sync_step(logs: dict[str, float], elapsed: float, save_due: bool, distributed: Distributed,
+               device: torch.device) -> tuple[dict[str, float], float, bool]:
+    """One all-reduce per step: the logged values averaged over the ranks, and rank 0's training
+    clock and snapshot timer for everyone (so that every rank stops and saves at the same step)."""
+    keys = sorted(logs)
+    clock = [elapsed, float(save_due)] if distributed.is_main else [0.0, 0.0]
+    # NCCL reduces CUDA tensors only; gloo CPU ones.
+    t = torch.tensor([logs[k] for k in keys] + clock, dtype=torch.float64,
+                     device=device if device.type == "cuda" else "cpu")
+    tdist.all_reduce(t)
+    values = t.tolist()
+    synced = {k: v / distributed.world_size for k, v in zip(keys, values)}
+    synced["lr"] = logs["lr"]             # the same on every rank; kept exact
+    return {k: synced[k] for k in logs}, values[-2], values[-1] > 0
 
 
 # -- stage losses -------------------------------------------------------------------------------

@@ -5,9 +5,13 @@ Run it with Hydra::
     python -m training.pipeline game=pong preset=cpu export=worldmodel/checkpoints/pong
     python -m training.pipeline preset=tiny out=runs/smoke          # seconds
     python -m training.pipeline +budget.dynamics.minutes=5          # override any budget field
+    torchrun --nproc-per-node 2 -m training.pipeline preset=gpu     # data-parallel (docs/distributed.md)
 
 Every stage snapshots itself every few minutes under ``<out>/<stage>/``; running the same
 command again resumes where it stopped, and a finished stage is not trained again.
+Under ``torchrun`` every process trains on its own windows with DistributedDataParallel
+(``budget.*.batch_size`` is per process), and rank 0 alone records missing datasets, writes
+snapshots, metrics and the bundle, and runs the evaluation.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from envs.games import get_game
 from recorders.collect import RecordConfig, record
 from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler, episode_paths
 from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
-from training.loops import (cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage, tokenizer_loss_fn)
+from training.loops import (Distributed, cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage,
+                            tokenizer_loss_fn)
 from training.presets import TrainBudget, get_budget
 from training.train_state import has_state, load_trained
 from worldmodel.bundle import ModelBundle, load
@@ -122,18 +127,21 @@ def _amp(setting, device: torch.device) -> bool:
     return setting in ("true", "1", "yes")
 
 
-def ensure_datasets(cfg: PipelineConfig) -> tuple[EpisodeDataset, EpisodeDataset]:
-    """Load the training and held-out datasets, recording what is missing.
+def ensure_datasets(cfg: PipelineConfig, *, record_missing: bool = True) -> tuple[EpisodeDataset, EpisodeDataset]:
+    """Load the training and held-out datasets, recording what is missing (if ``record_missing``).
 
     A dataset with fewer episodes than the budget asks for (an interrupted recording) is
     topped up with new seeds (:func:`recorders.collect.record` resumes), so rerunning the
     pipeline resumes the recording too.
+
+    Raises:
+        DatasetError: a dataset is unreadable or of another game.
     """
     rb = cfg.budget.record
     for path, episodes, seed in ((cfg.dataset, rb.episodes, cfg.seed), (cfg.heldout, rb.heldout_episodes,
                                                                         cfg.seed + 100_000)):
         have = len(episode_paths(path))
-        if have < episodes:
+        if have < episodes and record_missing:
             print(f"recording {episodes - have} {cfg.game} episodes into {path}")
             record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
                                 num_envs=rb.num_envs, policy="mixed", seed=seed), progress=cfg.progress)
@@ -150,27 +158,41 @@ def _start_windows(held: EpisodeDataset, length: int, count: int, seed: int) -> 
     return torch.as_tensor(np.stack([f for f, _ in data])), torch.as_tensor(np.stack([a for _, a in data]))
 
 
-def run(cfg: PipelineConfig) -> dict:
-    """Run the pipeline; returns the metrics written to ``<out>/metrics.json``."""
+def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dict:
+    """Run the pipeline; returns the metrics written to ``<out>/metrics.json``.
+
+    Args:
+        cfg: the run's settings.
+        distributed: this process's rank in a data-parallel run (default: one process); the
+            caller starts the processes (``torchrun``) and :meth:`Distributed.setup` joins them.
+            Ranks other than 0 return after the last training stage, with their training logs.
+    """
     t_start = time.time()
+    main = distributed.is_main
+    log = print if main else (lambda *args, **kwargs: None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    device = distributed.setup(resolve_device(cfg.device))
     amp = _amp(cfg.amp, device)
     conv_amp = amp and device.type == "cuda"  # bf16 convolutions are slower than fp32 on CPUs (measured)
     spec = get_game(cfg.game)
-    train, held = ensure_datasets(cfg)
+    if main:
+        train, held = ensure_datasets(cfg)
+    distributed.barrier()         # the other ranks wait while rank 0 records what is missing
+    if not main:
+        train, held = ensure_datasets(cfg, record_missing=False)
     episodes = [train[i] for i in range(len(train))]
     held_eps = [held[i] for i in range(len(held))]
     m, b = cfg.model, cfg.budget
     m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
                                                    tokens_per_frame=m.tokenizer.tokens_per_frame), where="model.dynamics")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    if main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     metrics: dict = {"dataset": {"episodes": len(train), "transitions": train.num_transitions,
                                  "heldout_episodes": len(held), "heldout_transitions": held.num_transitions},
-                     "device": str(device), "amp": amp}
-    print(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
+                     "device": str(device), "amp": amp, "world_size": distributed.world_size}
+    log(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
 
     def stage(name: str, module, module_cfg, loss_for, budget, window: int, seed: int, stage_amp: bool,
               generators=None):
@@ -180,10 +202,11 @@ def run(cfg: PipelineConfig) -> dict:
         if name in cfg.stages:
             if warm is not None and not has_state(out / name):
                 _warm_start(module, module_cfg, warm, name)
-            sampler = WindowSampler(episodes, window, seed=seed)
+            sampler = WindowSampler(episodes, window, seed=distributed.seed(seed))  # each rank its own windows
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
-                                     amp=stage_amp, frames_per_step=window * budget.batch_size, progress=cfg.progress,
-                                     generators=generators, config=to_dict(module_cfg))
+                                     amp=stage_amp, frames_per_step=window * budget.batch_size * distributed.world_size,
+                                     progress=cfg.progress, generators=generators, config=to_dict(module_cfg),
+                                     distributed=distributed)
             metrics[name] = logs
             return module
         if has_state(out / name):
@@ -200,8 +223,9 @@ def run(cfg: PipelineConfig) -> dict:
             raise ValueError(f"the conv tokenizer is not trained: run the tokenizer stage first (no snapshot in {out})")
     tokenizer.requires_grad_(False).eval()
     metrics["tokenizer_params"] = sum(p.numel() for p in tokenizer.parameters())
-    metrics["tokenizer_reconstruction"] = tokenizer_reconstruction(tokenizer, held_eps, seed=cfg.seed)
-    print(f"tokenizer ({m.tokenizer.kind}) reconstruction: {metrics['tokenizer_reconstruction']}")
+    if main:
+        metrics["tokenizer_reconstruction"] = tokenizer_reconstruction(tokenizer, held_eps, seed=cfg.seed)
+        print(f"tokenizer ({m.tokenizer.kind}) reconstruction: {metrics['tokenizer_reconstruction']}")
 
     lam = stage("lam", LatentActionModel(m.lam).to(device), m.lam,
                 lambda smp: lam_loss_fn(smp, b.lam.batch_size, device, cfg.moving_weight),
@@ -211,8 +235,8 @@ def run(cfg: PipelineConfig) -> dict:
 
     dynamics = DynamicsModel(m.dynamics).to(device)
     metrics["dynamics_params"] = sum(p.numel() for p in dynamics.parameters())
-    print(f"dynamics model: {metrics['dynamics_params'] / 1e6:.2f}M parameters; bf16 autocast: {amp}")
-    gen = torch.Generator(device).manual_seed(cfg.seed + 4)
+    log(f"dynamics model: {metrics['dynamics_params'] / 1e6:.2f}M parameters; bf16 autocast: {amp}")
+    gen = torch.Generator(device).manual_seed(distributed.seed(cfg.seed + 4))
     trained = stage("dynamics", dynamics, m.dynamics,
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
                                                  moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
@@ -222,8 +246,10 @@ def run(cfg: PipelineConfig) -> dict:
         if cfg.export or "evaluate" in cfg.stages:
             raise ValueError(f"the dynamics model is not trained: run the dynamics stage first (no snapshot in "
                              f"{out / 'dynamics'})")
-        return _finish(out, metrics, t_start)  # only earlier stages were asked for: no bundle to write
+        return _finish(out, metrics, t_start) if main else metrics  # only earlier stages: no bundle to write
     dynamics = trained
+    if not main:
+        return metrics            # rank 0 evaluates and writes the bundle
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
     bundle = ModelBundle(
@@ -236,7 +262,7 @@ def run(cfg: PipelineConfig) -> dict:
 
     if "evaluate" in cfg.stages:
         bundle.eval()
-        print("evaluating on held-out episodes ...")
+        log("evaluating on held-out episodes ...")
         metrics["teacher_forced"] = teacher_forced(bundle, held_eps, windows=b.eval_windows, seed=cfg.seed)
         if cfg.game == "pong":
             metrics["paddle_control"] = paddle_control(bundle, seed=cfg.seed)
@@ -281,14 +307,18 @@ def _finish(out: Path, metrics: dict, t_start: float) -> dict:
 
 
 def main() -> None:
-    """Hydra entry point (see the module docstring)."""
+    """Hydra entry point (see the module docstring); under ``torchrun``, one data-parallel rank."""
     import hydra
     from omegaconf import OmegaConf
 
     @hydra.main(config_path="conf", config_name="pipeline", version_base=None)
     def _main(cfg) -> None:
         try:
-            run(build_config(OmegaConf.to_container(cfg, resolve=True)))
+            distributed = Distributed.from_env()  # RANK, WORLD_SIZE, LOCAL_RANK from torchrun (absent: 1 process)
+            try:
+                run(build_config(OmegaConf.to_container(cfg, resolve=True)), distributed=distributed)
+            finally:
+                distributed.shutdown()
         except (ValueError, DatasetError) as e:
             sys.exit(f"error: {e}")
 

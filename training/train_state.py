@@ -5,6 +5,10 @@ state of every random generator the stage draws from; its header metadata holds,
 the step, the elapsed training time, the optimizer's scalar state, the data sampler's
 NumPy generator state and the stage's config. It is replaced atomically (written to a
 temporary name, then renamed), so a killed run leaves the previous snapshot whole.
+
+A data-parallel run's snapshot (written by rank 0) also holds the generator states of the
+other ranks: tensors ``rank<r>.rng.torch`` and ``rank<r>.rng.gen.<name>``, and in the JSON
+``rank_sampler_rng`` and ``world_size``; each rank restores its own.
 """
 
 from __future__ import annotations
@@ -27,8 +31,15 @@ class SnapshotMismatch(ValueError):
 
 def save_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                optimizer: torch.optim.Optimizer, step: int, elapsed: float, sampler_rng: np.random.Generator,
-               generators: dict[str, torch.Generator] | None = None, config: dict | None = None) -> Path:
-    """Write a resumable snapshot of a training stage; returns its path."""
+               generators: dict[str, torch.Generator] | None = None, config: dict | None = None,
+               other_ranks: list[dict] | None = None) -> Path:
+    """Write a resumable snapshot of a training stage; returns its path.
+
+    Args:
+        other_ranks: in a data-parallel run, ranks 1.. random states, each a dict with
+            ``sampler_rng`` (a NumPy ``bit_generator.state``), ``torch`` (``torch.get_rng_state()``)
+            and ``generators`` (name -> ``Generator.get_state()``).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -45,8 +56,15 @@ def save_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.M
     tensors["rng.torch"] = torch.get_rng_state()
     for name, gen in (generators or {}).items():
         tensors[f"rng.gen.{name}"] = gen.get_state()
+    rank_sampler_rng = {}
+    for r, st in enumerate(other_ranks or [], start=1):
+        tensors[f"rank{r}.rng.torch"] = st["torch"]
+        for name, state in st["generators"].items():
+            tensors[f"rank{r}.rng.gen.{name}"] = state
+        rank_sampler_rng[str(r)] = st["sampler_rng"]
     meta = dict(step=step, elapsed=elapsed, optim_scalars=scalars, param_groups=opt["param_groups"],
-                sampler_rng=sampler_rng.bit_generator.state, config=config)
+                sampler_rng=sampler_rng.bit_generator.state, config=config, world_size=1 + len(other_ranks or []),
+                rank_sampler_rng=rank_sampler_rng)
     tmp = directory / (SNAPSHOT + ".tmp")
     save_file(tensors, str(tmp), metadata={"train_state": json.dumps(meta)})
     os.replace(tmp, directory / SNAPSHOT)
@@ -66,8 +84,13 @@ def _read(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                optimizer: torch.optim.Optimizer | None, sampler_rng: np.random.Generator | None,
-               generators: dict[str, torch.Generator] | None = None, config: dict | None = None) -> dict:
+               generators: dict[str, torch.Generator] | None = None, config: dict | None = None,
+               rank: int = 0) -> dict:
     """Restore a snapshot written by :func:`save_state`; returns its JSON metadata.
+
+    Every rank restores the same weights and optimizer state. The random generators are
+    rank ``rank``'s; a rank the snapshot has no state for (a run resumed with more processes
+    than wrote it) keeps the generators it has.
 
     Raises:
         SnapshotMismatch: ``config`` differs from the one the snapshot was written with
@@ -93,12 +116,15 @@ def load_state(directory: str | Path, *, model: torch.nn.Module, ema: torch.nn.M
             pid, name = k.split(".", 1)
             state.setdefault(int(pid), {})[name] = torch.tensor(v)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
+    prefix = "" if rank == 0 else f"rank{rank}."
+    sampler_state = meta["sampler_rng"] if rank == 0 else meta.get("rank_sampler_rng", {}).get(str(rank))
+    if f"{prefix}rng.torch" in tensors:
+        torch.set_rng_state(tensors[f"{prefix}rng.torch"])
     for name, gen in (generators or {}).items():
-        if f"rng.gen.{name}" in tensors:
-            gen.set_state(tensors[f"rng.gen.{name}"])
-    if sampler_rng is not None:
-        sampler_rng.bit_generator.state = meta["sampler_rng"]
+        if f"{prefix}rng.gen.{name}" in tensors:
+            gen.set_state(tensors[f"{prefix}rng.gen.{name}"])
+    if sampler_rng is not None and sampler_state is not None:
+        sampler_rng.bit_generator.state = sampler_state
     return meta
 
 
