@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 FRAME_SIZE = 64
 """Default frame height and width in pixels (the Atari-100k convention)."""
 
@@ -30,6 +32,9 @@ class GameSpec:
         is_ale: whether the env is an Arcade Learning Environment game (frame skip and
             sticky actions are its own options).
         from_pixels: whether observations come from ``env.render()`` instead of ``obs``.
+        effective_actions: name -> the action ids that act the same on the screen (Pong's
+            FIRE moves nothing once the ball is served, RIGHTFIRE moves like RIGHT); used to
+            score latent actions. Empty: every action is its own group.
     """
 
     name: str
@@ -42,6 +47,7 @@ class GameSpec:
     frame_skip: int = 4
     is_ale: bool = True
     from_pixels: bool = False
+    effective_actions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def action_for_keys(self, held: set[str] | frozenset[str]) -> int:
         """Map the set of held logical or physical key names to an action id.
@@ -67,6 +73,17 @@ class GameSpec:
     def num_actions(self) -> int:
         return len(self.action_meanings)
 
+    def effective_action_groups(self) -> tuple[list[str], np.ndarray]:
+        """``(names, group_of)``: the effective actions' names and ``group_of (num_actions,) int64``,
+        the index into ``names`` of each action id."""
+        groups = self.effective_actions or {m: (i,) for i, m in enumerate(self.action_meanings)}
+        group_of = np.full(self.num_actions, -1, np.int64)
+        for g, ids in enumerate(groups.values()):
+            group_of[list(ids)] = g
+        if (group_of < 0).any():
+            raise ValueError(f"{self.name}: effective_actions leaves actions {np.flatnonzero(group_of < 0).tolist()} out")
+        return list(groups), group_of
+
 
 _ALE_MEANINGS_PONG = ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")
 _ALE_MEANINGS_BREAKOUT = ("NOOP", "FIRE", "RIGHT", "LEFT")
@@ -79,6 +96,7 @@ GAMES: dict[str, GameSpec] = {
         action_meanings=_ALE_MEANINGS_PONG,
         keymap={"": 0, "space": 1, "up": 2, "down": 3, "up+space": 4, "down+space": 5},
         key_aliases={"w": "up", "s": "down"},
+        effective_actions={"stay": (0, 1), "up": (2, 4), "down": (3, 5)},
     ),
     "breakout": GameSpec(
         name="breakout",
@@ -86,6 +104,7 @@ GAMES: dict[str, GameSpec] = {
         action_meanings=_ALE_MEANINGS_BREAKOUT,
         keymap={"": 0, "space": 1, "right": 2, "left": 3},
         key_aliases={"d": "right", "a": "left"},
+        effective_actions={"stay": (0, 1), "right": (2,), "left": (3,)},
     ),
     "cartpole": GameSpec(
         name="cartpole",

@@ -90,3 +90,35 @@ def test_eval_config_rejects_bad_values():
         EvalConfig(windows=0)
     with pytest.raises(ValueError, match="horizons"):
         EvalConfig(horizons=(0, 4))
+
+
+def test_latent_action_quality_scores_codes_against_effective_actions(pong_dataset, monkeypatch):
+    """Codes that name Pong's effective actions exactly score 100%; codes that ignore the
+    action score the majority baseline; the confusion matrix counts every transition."""
+    from types import SimpleNamespace
+
+    import worldmodel.latent_actions as la
+    from envs.games import get_game
+    from recorders.dataset import EpisodeDataset
+    from training.evaluate import latent_action_quality
+    from worldmodel.config import LAMConfig
+
+    ds = EpisodeDataset(pong_dataset)
+    episodes = [ds[i] for i in range(len(ds))]
+    spec = get_game("pong")
+    names, group_of = spec.effective_action_groups()
+    assert names == ["stay", "up", "down"] and group_of.tolist() == [0, 0, 1, 2, 1, 2]
+    model = SimpleNamespace(lam=object(), game="pong", game_spec=spec, lam_config=LAMConfig(fsq_levels=(3, 3)))
+    by_frames = {id(e.frames): e for e in episodes}
+
+    monkeypatch.setattr(la, "infer_latent_actions", lambda m, f: 4 + group_of[by_frames[id(f)].actions])
+    exact = latent_action_quality(model, episodes, labelled_steps=20)
+    assert exact["accuracy"] == 1.0 and exact["unused_codes"] == 9 - len(set(group_of[np.concatenate(
+        [e.actions for e in episodes])]))
+    assert np.asarray(exact["confusion"]).sum() == sum(len(e.actions) for e in episodes)
+
+    monkeypatch.setattr(la, "infer_latent_actions", lambda m, f: np.zeros(len(f) - 1, np.int64))
+    blind = latent_action_quality(model, episodes, labelled_steps=20)
+    assert blind["accuracy"] == pytest.approx(blind["majority_baseline"]) and blind["perplexity"] == 1.0
+    with pytest.raises(ValueError, match="no latent-action model"):
+        latent_action_quality(SimpleNamespace(lam=None, game="pong"), episodes)

@@ -20,6 +20,8 @@ It writes ``report.json``, ``drift.png``, ``long_run.png`` and ``real_vs_dream.g
   must end clearly higher after Up.
 - **Tokenizer**: reconstruction PSNR (whole, moving pixels) and, for Pong, the ball read
   out of reconstructions.
+- **Latent actions** (bundles with a LAM): codebook usage, code x action confusion, and the
+  accuracy of a code -> action dictionary fitted on 200 labelled steps (Genie's recipe).
 - **Reward and termination heads** on real frames: precision and recall of non-zero rewards
   (sign included) and of terminations.
 - **Long run**: free play with random held actions; per frame, the total-variation distance
@@ -361,6 +363,50 @@ def _precision_recall(hits: int, predicted: int, true: int) -> dict:
             "recall": float(hits / true) if true else None, "true": int(true), "predicted": int(predicted)}
 
 
+def latent_action_quality(model: ModelBundle, episodes: list[Episode], *, labelled_steps: int = 200,
+                          seed: int = 0) -> dict:
+    """How well the latent-action model's codes name the game's real actions (Genie's recipe).
+
+    The LAM labels every held-out transition without seeing actions. Scored against the
+    game's effective actions (:meth:`envs.games.GameSpec.effective_action_groups`; Pong: stay,
+    up, down): codebook usage, the code x action confusion matrix, and the accuracy of a
+    code -> action dictionary (each code's most frequent action) fitted on ``labelled_steps``
+    random labelled transitions and scored on all the others.
+
+    Returns:
+        ``{"codes", "perplexity", "unused_codes", "actions", "confusion" (codes x actions counts),
+        "dictionary", "accuracy", "majority_baseline", "labelled_steps", "scored_steps"}``.
+
+    Raises:
+        ValueError: the bundle has no LAM.
+    """
+    from worldmodel.latent_actions import infer_latent_actions
+
+    if model.lam is None:
+        raise ValueError(f"the {model.game!r} bundle has no latent-action model")
+    names, group_of = model.game_spec.effective_action_groups()
+    codes = np.concatenate([infer_latent_actions(model, e.frames) for e in episodes])
+    truth = group_of[np.concatenate([e.actions for e in episodes])]
+    k = int(np.prod(model.lam_config.fsq_levels))
+    usage = np.bincount(codes, minlength=k) / len(codes)
+    nz = usage[usage > 0]
+    confusion = np.zeros((k, len(names)), np.int64)
+    np.add.at(confusion, (codes, truth), 1)
+    rng = np.random.default_rng(seed)
+    fit = rng.choice(len(codes), size=min(labelled_steps, len(codes) // 2), replace=False)
+    rest = np.setdiff1d(np.arange(len(codes)), fit)
+    fit_conf = np.zeros_like(confusion)
+    np.add.at(fit_conf, (codes[fit], truth[fit]), 1)
+    majority = int(np.bincount(truth[fit], minlength=len(names)).argmax())
+    dictionary = np.where(fit_conf.sum(1) > 0, fit_conf.argmax(1), majority)
+    return {"codes": k, "perplexity": float(np.exp(-(nz * np.log(nz)).sum())), "unused_codes": int((usage == 0).sum()),
+            "actions": names, "confusion": confusion.tolist(),
+            "dictionary": {str(c): names[a] for c, a in enumerate(dictionary)},
+            "accuracy": float((dictionary[codes[rest]] == truth[rest]).mean()),
+            "majority_baseline": float((truth[rest] == majority).mean()),
+            "labelled_steps": len(fit), "scored_steps": len(rest)}
+
+
 def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000, dreams: int = 1, seed: int = 0,
              max_repeat: int = 8, progress: bool = True) -> tuple[dict, dict]:
     """Free play for ``steps`` steps with random held actions, from the bundle's first start windows.
@@ -530,6 +576,9 @@ def evaluate(cfg: EvalConfig) -> dict:
                                                 seed=cfg.seed, sampling_steps=cfg.sampling_steps)
     if model.game == "pong":
         report["paddle_control"] = paddle_control(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+    if model.lam is not None:
+        stage("latent actions")
+        report["latent_actions"] = latent_action_quality(model, episodes, seed=cfg.seed)
     stage("reward and termination heads")
     report["heads"] = head_accuracy(model, episodes)
     series = None
@@ -551,8 +600,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     np.savez(out / "curves.npz", **curves)
     report["wall_seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({k: report[k] for k in ("teacher_forced", "controllability", "paddle_control", "heads",
-                                             "long_run") if k in report}, indent=2, default=str))
+    shown = ("teacher_forced", "controllability", "paddle_control", "heads", "long_run")
+    print(json.dumps({k: report[k] for k in shown if k in report}, indent=2, default=str))
+    if "latent_actions" in report:
+        la = report["latent_actions"]
+        print(f"latent actions: accuracy {la['accuracy']:.3f} (majority {la['majority_baseline']:.3f}), "
+              f"perplexity {la['perplexity']:.2f} of {la['codes']} codes, {la['unused_codes']} unused")
     print(f"report written to {out / 'report.json'}")
     return report
 
