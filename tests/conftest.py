@@ -7,9 +7,12 @@ temporary directories, so the whole suite runs in seconds on two CPU cores.
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Exported ONNX graphs go to a fresh cache, so a user's cache neither serves nor receives them.
+os.environ["DREAMGAMES_CACHE"] = tempfile.mkdtemp(prefix="dreamgames-test-cache-")
 
 from pathlib import Path  # noqa: E402
 

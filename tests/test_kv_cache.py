@@ -32,12 +32,13 @@ def _inputs(dyn, frames: int, *, seed: int = 0, batch: int = 2):
 def test_cached_forward_equals_full_forward(dyn, k):
     assert k + 1 <= dyn.cfg.context_frames
     tokens, levels, actions = _inputs(dyn, k + 1, seed=k)
+    skip = torch.randn_like(tokens)                     # the previous frames' clean tokens
     with torch.no_grad():
-        full = dyn(tokens, levels, actions)
+        full = dyn(tokens, levels, actions, skip_tokens=skip)
         cache = dyn.new_cache(2)
-        primed = dyn(tokens[:, :k], levels[:, :k], actions[:, :k], cache=cache, write=True)
+        primed = dyn(tokens[:, :k], levels[:, :k], actions[:, :k], cache=cache, write=True, skip_tokens=skip[:, :k])
         last = dyn(tokens[:, k:], levels[:, k:], actions[:, k:], positions=torch.full((2, 1), k), cache=cache,
-                   prev_tokens=tokens[:, k - 1:k], prev_level=levels[:, k - 1:k])
+                   prev_tokens=tokens[:, k - 1:k], skip_tokens=skip[:, k:])
     torch.testing.assert_close(primed.x0, full.x0[:, :k], atol=ATOL, rtol=0)
     torch.testing.assert_close(last.x0, full.x0[:, k:], atol=ATOL, rtol=0)
     torch.testing.assert_close(last.reward_logits, full.reward_logits[:, k:], atol=ATOL, rtol=0)
@@ -45,19 +46,20 @@ def test_cached_forward_equals_full_forward(dyn, k):
     # Without the cache the last frame alone is something else: the test can fail.
     with torch.no_grad():
         alone = dyn(tokens[:, k:], levels[:, k:], actions[:, k:], positions=torch.full((2, 1), k),
-                    prev_tokens=tokens[:, k - 1:k], prev_level=levels[:, k - 1:k])
+                    prev_tokens=tokens[:, k - 1:k], skip_tokens=skip[:, k:])
     assert (alone.x0 - full.x0[:, k:]).abs().max() > 100 * ATOL
 
 
 def test_frame_by_frame_writes_equal_full_forward(dyn):
     f = dyn.cfg.context_frames
     tokens, levels, actions = _inputs(dyn, f, seed=5)
+    skip = torch.randn_like(tokens)
     with torch.no_grad():
-        full = dyn(tokens, levels, actions)
+        full = dyn(tokens, levels, actions, skip_tokens=skip)
         cache = dyn.new_cache(2)
         outs = [dyn(tokens[:, i:i + 1], levels[:, i:i + 1], actions[:, i:i + 1], positions=torch.full((2, 1), i),
                     cache=cache, write=True, prev_tokens=tokens[:, i - 1:i] if i else None,
-                    prev_level=levels[:, i - 1:i] if i else 0.0).x0 for i in range(f)]
+                    skip_tokens=skip[:, i:i + 1]).x0 for i in range(f)]
     torch.testing.assert_close(torch.cat(outs, dim=1), full.x0, atol=ATOL, rtol=0)
 
 
@@ -257,8 +259,8 @@ def test_step_rejects_bad_actions(sim, tiny_bundle):
 def test_simulator_constructor_checks(tiny_bundle):
     with pytest.raises(ValueError, match="batch_size"):
         Simulator(tiny_bundle, batch_size=0)
-    with pytest.raises(ValueError, match="onnx"):
-        Simulator(tiny_bundle, backend="onnx")
+    with pytest.raises(ValueError, match="tensorrt"):
+        Simulator(tiny_bundle, backend="tensorrt")
 
 
 def test_reset_rejects_bad_env_ids_and_empty_frames(tiny_bundle):

@@ -383,7 +383,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
-        out = dyn(add_noise(x0, levels, eps), levels, actions)
+        skip = torch.cat([torch.zeros_like(x0[:, :1]), x0[:, :-1]], dim=1)        # clean previous frames
+        out = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=skip)
         err = (out.x0.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
         target = torch.bucketize(batch["rewards"].sign(), classes)              # index into REWARD_CLASSES

@@ -116,10 +116,11 @@ class DynamicsConfig:
         token_dim: size of one input token (from the tokenizer).
         tokens_per_frame: tokens per frame (from the tokenizer).
         rope_base: base of the rotary embedding over (frame, row, column) positions.
-        prev_skip: predict each frame as a correction of the previous frame's tokens
-            (``x0_hat = (1 - s_prev) * prev + f(...)``, with ``s_prev`` the previous frame's
-            noise level), so an untrained model copies the last frame and training spends its
-            effort on what moves. Bundles written before this option have it off.
+        prev_skip: predict each frame as a correction of the previous frame's clean tokens
+            (``x0_hat = prev + f(...)``; the real previous frame in training, the previous
+            generated frame at inference), so an untrained model copies the last frame and
+            training spends its effort on what moves. Bundles written before this option
+            have it off.
     """
 
     width: int = 192

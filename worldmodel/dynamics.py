@@ -258,7 +258,7 @@ class DynamicsModel(nn.Module):
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 write: bool = False, prev_tokens: torch.Tensor | None = None,
-                prev_level: float | torch.Tensor = 0.0) -> DynamicsOutput:
+                skip_tokens: torch.Tensor | None = None) -> DynamicsOutput:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Args:
@@ -271,7 +271,9 @@ class DynamicsModel(nn.Module):
                 ``context_frames - 1`` of them) and advance it.
             prev_tokens: ``(B, 1, N, D_tok)`` tokens of the frame before the first new one, as
                 they were fed to the model (zeros when ``None``: an episode's first frame).
-            prev_level: noise level of ``prev_tokens``, a float or ``(B, 1)`` (used by ``cfg.prev_skip``).
+            skip_tokens: ``(B, F, N, D_tok)`` the CLEAN tokens of each frame's previous frame,
+                which ``cfg.prev_skip`` adds to the prediction (zeros when ``None``). Training
+                passes the real previous frames, the Simulator the previous generated frame.
 
         Returns:
             :class:`DynamicsOutput` for the ``F`` frames.
@@ -296,9 +298,7 @@ class DynamicsModel(nn.Module):
             cache.commit(positions)
         pooled = self.head_norm(x.mean(dim=2))                                      # (B, F, D)
         x0 = self.final(x, c)
-        if self.cfg.prev_skip:
-            first = torch.as_tensor(prev_level, dtype=noise_levels.dtype, device=noise_levels.device).expand(b, 1)
-            prev_levels = torch.cat([first, noise_levels[:, :-1]], dim=1)
-            x0 = x0 + (1.0 - prev_levels)[..., None, None].to(x0.dtype) * prev
+        if self.cfg.prev_skip and skip_tokens is not None:
+            x0 = x0 + skip_tokens.to(x0.dtype)
         return DynamicsOutput(x0=x0, reward_logits=self.reward_head(pooled),
                               end_logits=self.end_head(pooled).squeeze(-1))

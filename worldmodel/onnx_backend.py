@@ -12,7 +12,7 @@ input              shape                                          dtype
 ``action``         ``(B, 1)`` the action that produced it           int64
 ``position``       ``(B, 1)`` its absolute frame index              int64
 ``prev_tokens``    ``(B, 1, N, D_tok)`` the previous frame's tokens float32
-``prev_level``     ``(B, 1)`` their noise level                     float32
+``skip_tokens``    ``(B, 1, N, D_tok)`` the previous frame, clean   float32
 ``past_k``         ``(depth, B, heads, S*N, head_dim)`` cached keys float32
 ``past_v``         same, cached values                              float32
 ``past_mask``      ``(B, S*N)`` which cached tokens hold a frame    bool
@@ -50,7 +50,7 @@ from torch import nn
 from worldmodel.dynamics import DynamicsModel, DynamicsOutput
 
 OPSET = 23
-INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "prev_level", "past_k", "past_v", "past_mask")
+INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "skip_tokens", "past_k", "past_v", "past_mask")
 OUTPUTS = ("x0", "new_k", "new_v", "reward_logits", "end_logits")
 
 
@@ -85,10 +85,10 @@ class StepGraph(nn.Module):
         super().__init__()
         self.dynamics = dynamics
 
-    def forward(self, tokens, level, action, position, prev_tokens, prev_level, past_k, past_v, past_mask):
+    def forward(self, tokens, level, action, position, prev_tokens, skip_tokens, past_k, past_v, past_mask):
         cache = _GraphCache(past_k, past_v, past_mask)
         out = self.dynamics(tokens, level, action, position, cache=cache, write=True, prev_tokens=prev_tokens,
-                            prev_level=prev_level)
+                            skip_tokens=skip_tokens)
         return out.x0, torch.stack(cache.new_k), torch.stack(cache.new_v), out.reward_logits, out.end_logits
 
 
@@ -97,7 +97,7 @@ def example_inputs(dynamics: DynamicsModel, batch: int = 2) -> tuple[torch.Tenso
     c = dynamics.cfg
     s, n, d, h, hd = c.context_frames - 1, c.tokens_per_frame, c.token_dim, c.heads, dynamics.head_dim
     return (torch.randn(batch, 1, n, d), torch.rand(batch, 1), torch.zeros(batch, 1, dtype=torch.long),
-            torch.full((batch, 1), s, dtype=torch.long), torch.randn(batch, 1, n, d), torch.zeros(batch, 1),
+            torch.full((batch, 1), s, dtype=torch.long), torch.randn(batch, 1, n, d), torch.randn(batch, 1, n, d),
             torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
             torch.ones(batch, s * n, dtype=torch.bool))
 
@@ -111,7 +111,8 @@ def cache_dir() -> Path:
 
 def graph_key(dynamics: DynamicsModel) -> str:
     """A hash of the dynamics model's config, weights and the export settings."""
-    h = hashlib.sha256(json.dumps({"cfg": dynamics.cfg.__dict__, "opset": OPSET, "torch": torch.__version__},
+    h = hashlib.sha256(json.dumps({"cfg": dynamics.cfg.__dict__, "opset": OPSET, "torch": torch.__version__,
+                                   "inputs": INPUTS, "outputs": OUTPUTS},
                                   sort_keys=True, default=str).encode())
     for name, t in sorted(dynamics.state_dict().items()):
         h.update(name.encode())
@@ -238,11 +239,10 @@ class OnnxStepper:
         bind(name, self._ort_device, self._device_id, np_type, list(t.shape), t.data_ptr())
 
     def __call__(self, tokens, levels, actions, positions, cache, *, write: bool, prev_tokens,
-                 prev_level: float) -> DynamicsOutput:
+                 skip_tokens) -> DynamicsOutput:
         """One pass, like ``dynamics(tokens, levels, actions, positions, cache=cache, write=write, ...)``."""
         b = tokens.shape[0]
-        prev_lv = torch.full((b, 1), float(prev_level), device=self.device)
-        inputs = (tokens, levels, actions, positions, prev_tokens, prev_lv, cache.k, cache.v, cache.token_mask())
+        inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_mask())
         if not self._outputs or self._outputs["x0"].shape[0] != b:
             self._outputs = {name: torch.empty(shape(b), device=self.device) for name, shape in
                              self._out_shapes.items()}

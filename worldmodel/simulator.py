@@ -61,6 +61,8 @@ class Simulator:
         # Tokens of each dream's latest frame as written into the cache: the next frame is
         # conditioned on them (frame stacking) besides attending to the cache.
         self.prev_tokens = torch.zeros((batch_size, 1, *self.token_shape), device=self.device)
+        # The same frame's clean tokens: the previous-frame skip predicts a correction of them.
+        self.prev_clean = torch.zeros_like(self.prev_tokens)
 
     def _choose_backend(self, backend: str):
         if backend == "auto":
@@ -76,9 +78,9 @@ class Simulator:
         """One cached pass of the dynamics model over the new frame, by the chosen backend."""
         if self._onnx is not None:
             return self._onnx(x, levels, acts, positions, self.cache, write=write, prev_tokens=self.prev_tokens,
-                              prev_level=self.context_noise)
+                              skip_tokens=self.prev_clean)
         return self.model.dynamics(x, levels, acts, positions, cache=self.cache, write=write,
-                                   prev_tokens=self.prev_tokens, prev_level=self.context_noise)
+                                   prev_tokens=self.prev_tokens, skip_tokens=self.prev_clean)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -129,18 +131,20 @@ class Simulator:
         frames_t, t0 = frames_t[:, t - keep:], t - keep
         prev = torch.full((len(ids), 1), -1, dtype=torch.long, device=self.device)
         cond = torch.cat([prev, acts], dim=1)[:, t0:]         # slot j is conditioned on a_{j-1}
-        tokens = self.model.tokenizer.encode(frames_to_tensor(frames_t))
+        clean = self.model.tokenizer.encode(frames_to_tensor(frames_t))
         levels = torch.full(cond.shape, self.context_noise, device=self.device)
-        tokens = self._noised(tokens, levels)
+        tokens = self._noised(clean, levels)
         positions = torch.arange(t0, t, device=self.device).expand(len(ids), -1)
         if env_ids is None:
             self.cache.clear()
             self.model.dynamics(tokens, levels, cond, positions, cache=self.cache, write=True)
             self.prev_tokens = tokens[:, -1:].clone()
+            self.prev_clean = clean[:, -1:].clone()
         else:
             ids_t = torch.as_tensor(ids, device=self.device)
             self._reset_subset(ids_t, tokens, levels, cond, positions)
             self.prev_tokens[ids_t] = tokens[:, -1:]
+            self.prev_clean[ids_t] = clean[:, -1:]
         if self.last_frames is None:
             self.last_frames = np.zeros((self.batch_size, *self.frame_shape), np.uint8)
         self.last_frames[ids] = frames_t[:, -1].cpu().numpy()
@@ -193,7 +197,7 @@ class Simulator:
         levels = torch.full((b, 1), self.context_noise, device=self.device)
         written = self._noised(x, levels)
         out = self._pass(written, levels, acts, positions, write=True)
-        self.prev_tokens = written
+        self.prev_tokens, self.prev_clean = written, x
         frames = tensor_to_frames(self.model.tokenizer.decode(x))[:, 0].cpu().numpy()
         rewards, terminated = out.reward_and_end()
         rewards = rewards[:, 0].cpu().numpy().astype(np.float32)
