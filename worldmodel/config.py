@@ -156,11 +156,16 @@ class SamplerConfig:
             (0 = clean; a little noise makes long rollouts more robust, Diffusion Forcing).
         noise_shift: shift of the noise levels towards 1, the same in training and
             sampling (:func:`worldmodel.diffusion.shift_noise_levels`; 1 = none).
+        quantize_frames: with a lossless (patch) tokenizer, continue each dream from the
+            uint8 frame it showed (re-encoded), not from the float prediction: the dream's
+            state is exactly what the player saw, and errors under half a colour level do
+            not pile up from frame to frame.
     """
 
     steps: int = 4
     context_noise: float = 0.0
     noise_shift: float = 3.0
+    quantize_frames: bool = True
 
     def __post_init__(self):
         check_positive(self, "steps")

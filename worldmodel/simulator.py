@@ -50,6 +50,7 @@ class Simulator:
         self.steps = model.sampler.steps if sampling_steps is None else sampling_steps
         self.schedule = sampling_schedule(self.steps, model.sampler.noise_shift)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
+        self.quantize = model.sampler.quantize_frames and model.tokenizer_config.kind == "patch"
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.cache = model.dynamics.new_cache(batch_size, device=self.device)
         tc = model.tokenizer_config
@@ -194,11 +195,14 @@ class Simulator:
             levels = torch.full((b, 1), s, device=self.device)
             x0 = self._pass(x, levels, acts, positions, write=False).x0
             x = euler_step(x, x0, s, s_next)
+        shown = tensor_to_frames(self.model.tokenizer.decode(x))                       # (B, 1, H, W, 3) uint8
+        if self.quantize:
+            x = self.model.tokenizer.encode(frames_to_tensor(shown))
         levels = torch.full((b, 1), self.context_noise, device=self.device)
         written = self._noised(x, levels)
         out = self._pass(written, levels, acts, positions, write=True)
         self.prev_tokens, self.prev_clean = written, x
-        frames = tensor_to_frames(self.model.tokenizer.decode(x))[:, 0].cpu().numpy()
+        frames = shown[:, 0].cpu().numpy()
         rewards, terminated = out.reward_and_end()
         rewards = rewards[:, 0].cpu().numpy().astype(np.float32)
         terminated = terminated[:, 0].cpu().numpy()
