@@ -3,6 +3,8 @@ cost that does not grow with the episode (the bounded KV cache)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -32,8 +34,11 @@ def _start(bundle, batch):
 
 
 def test_onnx_frames_match_torch(tiny_bundle, onnx_cache):
-    onnx = Simulator(tiny_bundle, batch_size=3, backend="onnx", seed=7)
-    ref = Simulator(tiny_bundle, batch_size=3, backend="torch", seed=7)
+    # Compared without re-quantizing shown frames: rounding to uint8 turns a 1e-6 difference
+    # that straddles a rounding tie into a whole level, which a random-weight model amplifies.
+    bundle = dataclasses.replace(tiny_bundle, sampler=dataclasses.replace(tiny_bundle.sampler, quantize_frames=False))
+    onnx = Simulator(bundle, batch_size=3, backend="onnx", seed=7)
+    ref = Simulator(bundle, batch_size=3, backend="torch", seed=7)
     assert onnx.backend == "onnx" and ref.backend == "torch"
     for sim in (onnx, ref):
         sim.reset(*_start(tiny_bundle, 3))
