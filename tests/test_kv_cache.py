@@ -298,3 +298,25 @@ def test_step_cost_does_not_grow_with_the_episode(tiny_bundle):
     assert early > 0 and late == early
     assert (sim.cache.k.data_ptr(), sim.cache.v.data_ptr()) == ptrs     # no reallocation, no growth
     assert sim.cache.last_position().tolist() == [tiny_bundle.start_frames.shape[1] - 1 + 312] * 2
+
+
+def test_change_threshold_keeps_small_changes_out(tiny_bundle):
+    """With ``change_threshold`` every pixel of a new frame either keeps the previous frame's
+    value or changed by at least the threshold in some channel; without it, small changes occur."""
+    import dataclasses
+
+    def rollout(threshold: int) -> np.ndarray:
+        sampler = dataclasses.replace(tiny_bundle.sampler, change_threshold=threshold)
+        sim = Simulator(dataclasses.replace(tiny_bundle, sampler=sampler), batch_size=2, backend="torch", seed=3)
+        frames = [sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())]
+        frames += [sim.step(np.array([2, 3]))[0] for _ in range(6)]
+        return np.stack(frames).astype(np.int16)
+
+    def small_changes(frames: np.ndarray, threshold: int) -> int:
+        change = np.abs(np.diff(frames, axis=0)).max(-1)
+        return int(((change > 0) & (change < threshold)).sum())
+
+    assert small_changes(rollout(0), 40) > 0
+    assert small_changes(rollout(40), 40) == 0
+    with pytest.raises(ValueError, match="change_threshold"):
+        dataclasses.replace(tiny_bundle.sampler, change_threshold=300)

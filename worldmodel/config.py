@@ -160,17 +160,26 @@ class SamplerConfig:
             uint8 frame it showed (re-encoded), not from the float prediction: the dream's
             state is exactly what the player saw, and errors under half a colour level do
             not pile up from frame to frame.
+        change_threshold: with ``quantize_frames``, a pixel of a new frame that differs from
+            the same pixel of the previous frame by less than this many uint8 levels in every
+            channel keeps its previous value (0 = off). For games drawn in a few flat colours
+            (Atari), where a real change is a jump between palette colours, this stops the
+            small per-step errors of a model that predicts a correction of the previous
+            frame from accumulating over a long rollout.
     """
 
     steps: int = 4
     context_noise: float = 0.0
     noise_shift: float = 3.0
     quantize_frames: bool = True
+    change_threshold: int = 0
 
     def __post_init__(self):
         check_positive(self, "steps")
         if not self.noise_shift > 0:
             raise ValueError(f"SamplerConfig.noise_shift must be > 0, got {self.noise_shift!r}")
+        if not 0 <= self.change_threshold <= 255:
+            raise ValueError(f"SamplerConfig.change_threshold must be in [0, 255], got {self.change_threshold!r}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"SamplerConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
 

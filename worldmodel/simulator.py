@@ -51,6 +51,7 @@ class Simulator:
         self.schedule = sampling_schedule(self.steps, model.sampler.noise_shift)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
         self.quantize = model.sampler.quantize_frames and model.tokenizer_config.kind == "patch"
+        self.change_threshold = model.sampler.change_threshold
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.cache = model.dynamics.new_cache(batch_size, device=self.device)
         tc = model.tokenizer_config
@@ -64,6 +65,7 @@ class Simulator:
         self.prev_tokens = torch.zeros((batch_size, 1, *self.token_shape), device=self.device)
         # The same frame's clean tokens: the previous-frame skip predicts a correction of them.
         self.prev_clean = torch.zeros_like(self.prev_tokens)
+        self.prev_shown = torch.zeros((batch_size, 1, *self.frame_shape), dtype=torch.uint8, device=self.device)
 
     def _choose_backend(self, backend: str):
         if backend == "auto":
@@ -141,11 +143,13 @@ class Simulator:
             self.model.dynamics(tokens, levels, cond, positions, cache=self.cache, write=True)
             self.prev_tokens = tokens[:, -1:].clone()
             self.prev_clean = clean[:, -1:].clone()
+            self.prev_shown = frames_t[:, -1:].clone()
         else:
             ids_t = torch.as_tensor(ids, device=self.device)
             self._reset_subset(ids_t, tokens, levels, cond, positions)
             self.prev_tokens[ids_t] = tokens[:, -1:]
             self.prev_clean[ids_t] = clean[:, -1:]
+            self.prev_shown[ids_t] = frames_t[:, -1:]
         if self.last_frames is None:
             self.last_frames = np.zeros((self.batch_size, *self.frame_shape), np.uint8)
         self.last_frames[ids] = frames_t[:, -1].cpu().numpy()
@@ -197,7 +201,11 @@ class Simulator:
             x = euler_step(x, x0, s, s_next)
         shown = tensor_to_frames(self.model.tokenizer.decode(x))                       # (B, 1, H, W, 3) uint8
         if self.quantize:
+            if self.change_threshold:
+                small = (shown.short() - self.prev_shown.short()).abs().amax(-1, keepdim=True) < self.change_threshold
+                shown = torch.where(small, self.prev_shown, shown)
             x = self.model.tokenizer.encode(frames_to_tensor(shown))
+            self.prev_shown = shown
         levels = torch.full((b, 1), self.context_noise, device=self.device)
         written = self._noised(x, levels)
         out = self._pass(written, levels, acts, positions, write=True)
