@@ -35,12 +35,12 @@ BUDGETS: dict[str, TrainBudget] = {
         dynamics=StageBudget(steps=6, batch_size=2, warmup=1, ema=0.9),
         eval_windows=2,
     ),
-    # The shipped checkpoints: about 1.5 hours on 2 CPU cores.
+    # The shipped checkpoints: about 1 hour on 2 CPU cores.
     "cpu": TrainBudget(
         record=RecordBudget(episodes=70, heldout_episodes=6, max_steps=1500, num_envs=2),
         tokenizer=StageBudget(steps=3000, minutes=10, batch_size=8, lr=1e-3, warmup=100),
         lam=StageBudget(steps=3000, minutes=6, batch_size=16, lr=1e-3, warmup=100),
-        dynamics=StageBudget(steps=6000, minutes=80, batch_size=8, lr=4e-4, warmup=200, ema=0.999),
+        dynamics=StageBudget(steps=5500, minutes=55, batch_size=8, lr=4e-4, warmup=200, ema=0.999),
     ),
     # One GPU.
     "gpu": TrainBudget(
