@@ -20,8 +20,9 @@ from worldmodel.simulator import Simulator
 def prepare_backend(model: ModelBundle, backend: str = "auto") -> str:
     """The Simulator backend a front-end should use, exporting the ONNX graph on first use.
 
-    ``"auto"`` becomes ``"onnx"`` where onnxruntime and the exporter are installed (exporting
-    this checkpoint's graph once, with a message, if it is not cached yet), else ``"torch"``;
+    ``"auto"`` becomes ``"onnx"`` for a model on a GPU where onnxruntime's CUDA provider and
+    the exporter are installed (exporting this checkpoint's graph once, with a message, if it
+    is not cached yet), else ``"torch"`` (on the CPU torch measured faster at batch 1);
     ``"torch"`` and ``"onnx"`` are returned as given.
 
     Raises:
@@ -35,7 +36,7 @@ def prepare_backend(model: ModelBundle, backend: str = "auto") -> str:
     if backend != "auto":
         return backend
     device = next(model.dynamics.parameters()).device
-    if not onnx_available(device):
+    if device.type != "cuda" or not onnx_available(device):
         return "torch"
     try:
         cached_step_graph(model.dynamics)

@@ -66,7 +66,8 @@ def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache):
     assert path == graph_path(tiny_bundle.dynamics) and path.stat().st_size > 0
     mtime = path.stat().st_mtime_ns
     assert cached_step_graph(tiny_bundle.dynamics, verbose=False).stat().st_mtime_ns == mtime
-    assert Simulator(tiny_bundle, backend="auto").backend == "onnx"
+    # On the CPU "auto" keeps torch (measured faster at small batches) even with a graph.
+    assert Simulator(tiny_bundle, backend="auto").backend == "torch"
     # Other weights, another graph: "auto" does not export behind the caller's back.
     other = type(tiny_bundle.dynamics)(tiny_bundle.dynamics_config)
     assert graph_path(other) != path and not graph_path(other).exists()

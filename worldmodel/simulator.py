@@ -26,9 +26,9 @@ class Simulator:
         batch_size: number of dreams B.
         backend: ``"torch"`` (PyTorch on the model's device), ``"onnx"`` (onnxruntime, the
             CPU or CUDA execution provider by the model's device, exporting the graph on first
-            use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx where this
-            checkpoint's graph is already exported (``python -m worldmodel.export``, or the
-            first ``python -m play``), else torch. The chosen one is in :attr:`backend`.
+            use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx for a model on a GPU
+            whose graph is already exported (``python -m worldmodel.export``), else torch (on
+            the CPU torch measured faster at small batches). The chosen one is in :attr:`backend`.
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
@@ -69,9 +69,11 @@ class Simulator:
 
     def _choose_backend(self, backend: str):
         if backend == "auto":
-            # onnx only where this checkpoint's graph is exported already: exporting takes
-            # seconds to a minute, which "auto" must not spend behind the caller's back.
-            ready = onnx_available(self.device) and graph_path(self.model.dynamics).exists()
+            # onnx on a GPU where this checkpoint's graph is exported already (exporting takes
+            # seconds to a minute, which "auto" must not spend behind the caller's back). On
+            # the CPU torch was the faster at batch 1 and 8 (python -m worldmodel.bench, README).
+            ready = (self.device.type == "cuda" and onnx_available(self.device)
+                     and graph_path(self.model.dynamics).exists())
             backend = "onnx" if ready else "torch"
         if backend == "torch":
             return "torch", None
