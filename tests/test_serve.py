@@ -410,3 +410,32 @@ def test_browser_page_plays_with_the_keyboard(model, tmp_path):
     assert not np.array_equal(a, b)
     assert "frames/s" in hud and "RIGHT" in hud
     assert "server is full" in full
+
+
+def test_held_keys_move_the_paddle_of_the_shipped_dream():
+    """With the shipped Pong checkpoint: hold Down, then Up (16 frames each), reading the green
+    paddle's row out of the decoded PNG frames: it goes down while Down is held and up while
+    Up is held (a dream that ignored the keys would fail; the old checkpoint did)."""
+    import worldmodel
+    from envs.readout import paddle_y
+
+    shipped = worldmodel.load("pong")
+
+    async def play(url):
+        async with connect(url) as ws:
+            await ws.recv()
+            rows = {}
+            for name, action in (("down", 3), ("up", 2)):
+                await ws.send(json.dumps({"type": "action", "action": action}))
+                await recv_until(ws, lambda m, a=action: is_type("stats")(m) and m["action"] == a)
+                frames = []
+                while len(frames) < 16:
+                    frames += (await recv_until(ws, is_frame))[1]
+                rows[name] = paddle_y(np.stack(frames))
+            return rows
+
+    with server(shipped, seed=0) as st:
+        rows = asyncio.run(play(st.ws_url))
+    down, up = rows["down"], rows["up"]
+    assert np.nanmax(down) - down[0] >= 2.0, down        # rows grow downwards
+    assert up[0] - np.nanmin(up) >= 2.0, up
