@@ -17,7 +17,6 @@ model trained on such a dataset is conditioned on latent actions.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,20 +128,12 @@ def import_video(cfg: ImportConfig) -> list[Path]:
 
 def main() -> None:
     """Hydra entry point (see the module docstring)."""
-    import hydra
-    from omegaconf import OmegaConf
-
     from recorders.dataset import DatasetError
     from worldmodel.bundle import CheckpointError
+    from worldmodel.cli import hydra_command
 
-    @hydra.main(config_path="conf", config_name="import_video", version_base=None)
-    def _main(cfg) -> None:
-        try:
-            import_video(ImportConfig(**OmegaConf.to_container(cfg, resolve=True)))
-        except (ValueError, FileNotFoundError, DatasetError, CheckpointError) as e:
-            sys.exit(f"error: {e}")
-
-    _main()
+    hydra_command(__file__, "import_video", lambda cfg: import_video(ImportConfig(**cfg)),
+                  (ValueError, FileNotFoundError, DatasetError, CheckpointError))
 
 
 if __name__ == "__main__":

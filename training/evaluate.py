@@ -33,7 +33,6 @@ It writes ``report.json``, ``drift.png``, ``long_run.png`` and ``real_vs_dream.g
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -612,20 +611,12 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def main() -> None:
     """Hydra entry point (see the module docstring)."""
-    import hydra
-    from omegaconf import OmegaConf
-
     from recorders.dataset import DatasetError
     from worldmodel.bundle import CheckpointError
+    from worldmodel.cli import hydra_command
 
-    @hydra.main(config_path="conf", config_name="evaluate", version_base=None)
-    def _main(cfg) -> None:
-        try:
-            evaluate(EvalConfig(**OmegaConf.to_container(cfg, resolve=True)))
-        except (ValueError, TypeError, DatasetError, CheckpointError) as e:
-            sys.exit(f"error: {e}")
-
-    _main()
+    hydra_command(__file__, "evaluate", lambda cfg: evaluate(EvalConfig(**cfg)),
+                  (ValueError, TypeError, DatasetError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -308,21 +308,16 @@ def _finish(out: Path, metrics: dict, t_start: float) -> dict:
 
 def main() -> None:
     """Hydra entry point (see the module docstring); under ``torchrun``, one data-parallel rank."""
-    import hydra
-    from omegaconf import OmegaConf
+    from worldmodel.cli import hydra_command
 
-    @hydra.main(config_path="conf", config_name="pipeline", version_base=None)
-    def _main(cfg) -> None:
+    def _run(cfg: dict) -> None:
+        distributed = Distributed.from_env()  # RANK, WORLD_SIZE, LOCAL_RANK from torchrun (absent: 1 process)
         try:
-            distributed = Distributed.from_env()  # RANK, WORLD_SIZE, LOCAL_RANK from torchrun (absent: 1 process)
-            try:
-                run(build_config(OmegaConf.to_container(cfg, resolve=True)), distributed=distributed)
-            finally:
-                distributed.shutdown()
-        except (ValueError, DatasetError) as e:
-            sys.exit(f"error: {e}")
+            run(build_config(cfg), distributed=distributed)
+        finally:
+            distributed.shutdown()
 
-    _main()
+    hydra_command(__file__, "pipeline", _run, (ValueError, DatasetError))
 
 
 if __name__ == "__main__":

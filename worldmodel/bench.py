@@ -212,17 +212,9 @@ def run(cfg: BenchConfig) -> dict:
 
 def main() -> None:
     """Hydra entry point (see the module docstring)."""
-    import hydra
-    from omegaconf import OmegaConf
+    from worldmodel.cli import hydra_command
 
-    @hydra.main(config_path="conf", config_name="bench", version_base=None)
-    def _main(cfg) -> None:
-        try:
-            run(BenchConfig(**OmegaConf.to_container(cfg, resolve=True)))
-        except (ValueError, TypeError, RuntimeError) as e:
-            sys.exit(f"error: {e}")
-
-    _main()
+    hydra_command(__file__, "bench", lambda cfg: run(BenchConfig(**cfg)), (ValueError, TypeError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ inputs and outputs are listed in :mod:`worldmodel.onnx_backend`.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -41,19 +40,12 @@ def export(checkpoint: str, out: str | None = None) -> Path:
 
 def main() -> None:
     """Hydra entry point (see the module docstring)."""
-    import hydra
-
     from worldmodel.bundle import CheckpointError
+    from worldmodel.cli import hydra_command
     from worldmodel.onnx_backend import OnnxUnavailable
 
-    @hydra.main(config_path="conf", config_name="export", version_base=None)
-    def _main(cfg) -> None:
-        try:
-            export(str(cfg.checkpoint), cfg.out)
-        except (CheckpointError, OnnxUnavailable) as e:
-            sys.exit(f"error: {e}")
-
-    _main()
+    hydra_command(__file__, "export", lambda cfg: export(str(cfg["checkpoint"]), cfg["out"]),
+                  (CheckpointError, OnnxUnavailable))
 
 
 if __name__ == "__main__":
