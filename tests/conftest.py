@@ -78,6 +78,7 @@ def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, see
     from worldmodel.bundle import ModelBundle
     from worldmodel.config import get_preset, update_dataclass
     from worldmodel.dynamics import DynamicsModel
+    from worldmodel.reward_model import RewardEndModel
     from worldmodel.tokenizer import build_tokenizer
 
     spec = get_game("pong")
@@ -87,12 +88,13 @@ def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, see
                                   where="model.dynamics")
     torch.manual_seed(seed)
     dynamics = perturb_(DynamicsModel(m.dynamics), seed=seed)
+    reward_cfg = update_dataclass(m.reward, dict(num_actions=spec.num_actions), where="model.reward")
     bundle = ModelBundle(
         game=spec.name, action_meanings=list(spec.action_meanings), keymap=dict(spec.keymap),
         key_aliases=dict(spec.key_aliases), fps=spec.fps, conditioning="actions", tokenizer_config=m.tokenizer,
         dynamics_config=m.dynamics, sampler=m.sampler, tokenizer=build_tokenizer(m.tokenizer), dynamics=dynamics,
         start_frames=torch.as_tensor(start_frames), start_actions=torch.as_tensor(start_actions),
-        info={"preset": "tiny", "test": True})
+        reward_config=reward_cfg, reward_model=RewardEndModel(reward_cfg), info={"preset": "tiny", "test": True})
     return bundle.eval()
 
 

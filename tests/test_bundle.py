@@ -54,8 +54,11 @@ def test_round_trip(tiny_bundle, saved):
     inputs = _dyn_inputs(loaded.dynamics_config)
     with torch.no_grad():
         a, b = tiny_bundle.dynamics(*inputs), loaded.dynamics(*inputs)
-    assert torch.equal(a.x0, b.x0) and torch.equal(a.reward_logits, b.reward_logits)
-    assert torch.equal(a.end_logits, b.end_logits)
+    assert torch.equal(a, b)
+    assert loaded.reward_config == tiny_bundle.reward_config
+    for (k1, v1), (k2, v2) in zip(tiny_bundle.reward_model.state_dict().items(),
+                                  loaded.reward_model.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2), k1
 
 
 def test_round_trip_same_dream(tiny_bundle, saved):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training.evaluate import (MISSING_PX, EvalConfig, broken_frames, colour_histogram, evaluate, head_accuracy,
+from training.evaluate import (MISSING_PX, EvalConfig, broken_frames, colour_histogram, evaluate, reward_model_quality,
                                position_error, rollout_curves)
 
 
@@ -57,12 +57,13 @@ def test_rollout_curves_of_a_perfect_and_a_copying_dream(pong_trajectory):
     assert copying["psnr"][-1] < 100.0
 
 
-def test_head_accuracy_counts_every_scored_transition(tiny_bundle, pong_dataset):
+def test_reward_model_quality_counts_every_transition(tiny_bundle, pong_dataset):
     from recorders.dataset import EpisodeDataset
 
     ds = EpisodeDataset(pong_dataset)
     episodes = [ds[i] for i in range(len(ds))]
-    res = head_accuracy(tiny_bundle, episodes, batch=3)
+    assert tiny_bundle.reward_model is not None
+    res = reward_model_quality(tiny_bundle, episodes, batch=3)
     assert res["reward"]["true"] == sum(int((e.rewards != 0).sum()) for e in episodes)
     assert res["end"]["true"] == sum(int(e.terminated.sum()) for e in episodes)
     for head in res.values():

@@ -79,6 +79,7 @@ def test_pipeline_metrics_and_artifacts(pipeline_run):
     assert on_disk["dynamics"]["step"] == cfg.budget.dynamics.steps
     assert np.isfinite(on_disk["dynamics"]["loss"])
     assert on_disk["lam"]["step"] == cfg.budget.lam.steps
+    assert on_disk["reward"]["step"] == cfg.budget.reward.steps and np.isfinite(on_disk["reward"]["loss"])
     assert metrics["teacher_forced"]["psnr"][1] == pytest.approx(tf["psnr"]["1"])
     gif = out / "real_vs_dream.gif"
     assert gif.exists() and gif.read_bytes()[:6] in (b"GIF87a", b"GIF89a")
@@ -90,10 +91,11 @@ def test_pipeline_metrics_and_artifacts(pipeline_run):
     assert video.ndim == 4 and video.shape[1:3] == (windows * 64 * 4, 3 * 64 * 4)
     assert len(video) > 1
     files = sorted(p.name for p in (out / "bundle").iterdir())
+    assert "reward.safetensors" in files and "dynamics.safetensors" in files
     assert all(name.endswith((".json", ".safetensors")) for name in files), files
     assert (out / "dynamics" / "last.safetensors").exists() and not (out / "dynamics" / "last.json").exists()
     history = [json.loads(line) for line in (out / "dynamics" / "history.jsonl").read_text().splitlines()]
-    assert history[-1]["step"] == cfg.budget.dynamics.steps and np.isfinite(history[-1]["frame"])
+    assert history[-1]["step"] == cfg.budget.dynamics.steps and np.isfinite(history[-1]["loss"])
 
 
 def test_trained_bundle_dreams(pipeline_run):
@@ -120,7 +122,7 @@ def test_trained_bundle_dreams(pipeline_run):
         assert terminated.shape == (1,) and terminated.dtype == np.bool_
         dream.append(frame[0])
     assert sim.step_count.tolist() == [20]
-    assert sim.cache.last_position().item() == ctx - 2 + 20
+    assert sim.positions.item() == ctx - 2 + 20
     dream = np.stack(dream)
     assert len({d.tobytes() for d in dream}) > 1, "the dream should not be frozen"
 

@@ -22,7 +22,7 @@ It writes ``report.json``, ``drift.png``, ``long_run.png`` and ``real_vs_dream.g
   out of reconstructions.
 - **Latent actions** (bundles with a LAM): codebook usage, code x action confusion, and the
   accuracy of a code -> action dictionary fitted on 200 labelled steps (Genie's recipe).
-- **Reward and termination heads** on real frames: precision and recall of non-zero rewards
+- **Reward and end model** on real transitions: precision and recall of non-zero rewards
   (sign included) and of terminations.
 - **Long run**: free play with random held actions; per frame, the total-variation distance
   of its colour histogram to the held-out frames' mean histogram, the share of broken
@@ -312,44 +312,33 @@ def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int 
     return out
 
 
-def head_accuracy(model: ModelBundle, episodes: list[Episode], *, batch: int = 64) -> dict:
-    """Precision and recall of the reward and termination heads on real held-out frames.
+def reward_model_quality(model: ModelBundle, episodes: list[Episode], *, batch: int = 256) -> dict | None:
+    """Precision and recall of the reward and end model on every real held-out transition.
 
-    Each episode is cut into windows of ``context_frames`` clean real frames overlapping by
-    one, so every frame but the first is scored once, with the real actions, by a model that
-    saw up to ``context_frames - 1`` frames before it. A reward counts as found when its sign
-    is right.
+    Each transition ``(x_t, a_t, x_{t+1})`` is scored from the real frames. A reward counts
+    as found when its sign is right.
 
     Returns:
-        ``{"reward": {"precision", "recall", "true", "predicted"}, "end": {...}}``; precision
-        is None when nothing was predicted.
+        ``{"reward": {"precision", "recall", "true", "predicted"}, "end": {...}}`` (precision
+        is None when nothing was predicted), or None for a bundle without a reward model.
     """
     import torch
 
-    from worldmodel.tokenizer import frames_to_tensor
-
-    c = model.dynamics_config.context_frames
-    device = next(model.dynamics.parameters()).device
+    if model.reward_model is None:
+        return None
+    device = next(model.reward_model.parameters()).device
     true_r, pred_r, true_e, pred_e = [], [], [], []
     for e in episodes:
-        n = len(e.frames)
-        starts = list(range(0, n - 1, c - 1))
-        wins = [(s, min(s + c, n)) for s in starts]
-        for length in sorted({b - a for a, b in wins}):
-            group = [(a, b) for a, b in wins if b - a == length]
-            for i in range(0, len(group), batch):
-                part = group[i:i + batch]
-                frames = np.stack([e.frames[a:b] for a, b in part])
-                acts = np.stack([np.concatenate([[-1], e.actions[a:b - 1]]) for a, b in part])
-                with torch.inference_mode():
-                    tokens = model.tokenizer.encode(frames_to_tensor(torch.as_tensor(frames, device=device)))
-                    levels = torch.zeros(acts.shape, device=device)
-                    out = model.dynamics(tokens, levels, torch.as_tensor(acts, device=device))
-                    r, end = out.reward_and_end()
-                pred_r.append(r[:, 1:].cpu().numpy().ravel())
-                pred_e.append(end[:, 1:].cpu().numpy().ravel())
-                true_r.append(np.stack([np.sign(e.rewards[a:b - 1]) for a, b in part]).ravel())
-                true_e.append(np.stack([e.terminated[a:b - 1] for a, b in part]).ravel())
+        for i in range(0, len(e.actions), batch):
+            j = min(i + batch, len(e.actions))
+            with torch.inference_mode():
+                r, end = model.reward_model.predict(torch.as_tensor(e.frames[i:j], device=device),
+                                                    torch.as_tensor(e.frames[i + 1:j + 1], device=device),
+                                                    torch.as_tensor(e.actions[i:j], device=device))
+            pred_r.append(r.cpu().numpy())
+            pred_e.append(end.cpu().numpy())
+            true_r.append(np.sign(e.rewards[i:j]))
+            true_e.append(e.terminated[i:j])
     tr, pr = np.concatenate(true_r), np.concatenate(pred_r)
     te, pe = np.concatenate(true_e).astype(bool), np.concatenate(pred_e).astype(bool)
     hit_r = (pr != 0) & (pr == tr)
@@ -578,8 +567,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if model.lam is not None:
         stage("latent actions")
         report["latent_actions"] = latent_action_quality(model, episodes, seed=cfg.seed)
-    stage("reward and termination heads")
-    report["heads"] = head_accuracy(model, episodes)
+    stage("reward and end model")
+    report["reward_model"] = reward_model_quality(model, episodes)
     series = None
     if cfg.long_run_steps:
         stage(f"long run ({cfg.long_run_steps} steps)")
@@ -599,7 +588,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     np.savez(out / "curves.npz", **curves)
     report["wall_seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    shown = ("teacher_forced", "controllability", "paddle_control", "heads", "long_run")
+    shown = ("teacher_forced", "controllability", "paddle_control", "reward_model", "long_run")
     print(json.dumps({k: report[k] for k in shown if k in report}, indent=2, default=str))
     if "latent_actions" in report:
         la = report["latent_actions"]

@@ -17,14 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from recorders.dataset import WindowSampler
 from training.train_state import has_state, load_state, save_state
 from worldmodel.diffusion import add_noise, sample_noise_levels
-from worldmodel.dynamics import END_POS_WEIGHT, REWARD_CLASS_WEIGHTS, REWARD_CLASSES, DynamicsModel
+from worldmodel.dynamics import DynamicsModel
 from worldmodel.lam import LatentActionModel, lam_loss
+from worldmodel.reward_model import RewardEndModel, reward_end_loss
 from worldmodel.tokenizer import frames_to_tensor, moving_mask
 
 
@@ -228,9 +228,7 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
     if distributed.enabled:  # after loading: every rank holds the same weights; DDP checks and syncs them
         from torch.nn.parallel import DistributedDataParallel
 
-        # Some heads see no loss in some steps (no clean frame drew a reward target).
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                          find_unused_parameters=True)
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     limit_s = budget.minutes * 60 if budget.minutes else math.inf
     logs: dict = {}
     history: list[dict] = []              # every 10 steps; appended to <out_dir>/history.jsonl at each save
@@ -359,19 +357,27 @@ def lam_loss_fn(sampler: WindowSampler, batch_size: int, device, moving_weight: 
     return loss_fn
 
 
+def reward_loss_fn(sampler: WindowSampler, batch_size: int, device):
+    """Reward and end model loss on transitions ``(x_t, a_t, x_{t+1})`` (windows of 2 frames)."""
+
+    def loss_fn(model: RewardEndModel):
+        batch = _batch_to(sampler.sample(batch_size), device)
+        x = frames_to_tensor(batch["frames"])                                   # (B, 2, 3, H, W)
+        actions = batch["actions"][:, 1].clamp(min=0)     # a_t; -1 only marks an episode's first frame
+        return reward_end_loss(model, x, actions, batch["rewards"][:, 1], batch["terminated"][:, 1])
+    return loss_fn
+
+
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
-                     noise_shift: float = 1.0, reward_weight: float = 0.1, end_weight: float = 0.1,
-                     action_source=None, generator: torch.Generator | None = None):
+                     noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
-    Slot 0 of a window has no past and only serves as context. The reward and end heads are
-    trained on frames whose noise level is below 0.5 (at inference they read clean frames).
+    Slot 0 of a window has no past and only serves as context.
 
     Args:
         action_source: optional ``f(frames (B, T, 3, H, W), actions (B, T)) -> (B, T)`` that
             replaces the real actions (latent-action conditioning).
     """
-    classes = torch.tensor(REWARD_CLASSES, device=device)
 
     def loss_fn(dyn: DynamicsModel):
         batch = _batch_to(sampler.sample(batch_size), device)
@@ -384,17 +390,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         skip = torch.cat([torch.zeros_like(x0[:, :1]), x0[:, :-1]], dim=1)        # clean previous frames
-        out = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=skip)
-        err = (out.x0.float() - x0).pow(2) * w
+        pred = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=skip)
+        err = (pred.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
-        target = torch.bucketize(batch["rewards"].sign(), classes)              # index into REWARD_CLASSES
-        head_mask = (levels < 0.5) & (batch["actions"] >= 0)
-        head_mask[:, 0] = False
-        rew = F.cross_entropy(out.reward_logits.float()[head_mask], target[head_mask],
-                              weight=torch.tensor(REWARD_CLASS_WEIGHTS, device=device)) if head_mask.any() else 0.0
-        end = F.binary_cross_entropy_with_logits(out.end_logits.float()[head_mask],
-                                                 batch["terminated"].float()[head_mask],
-                                                 pos_weight=torch.tensor(END_POS_WEIGHT, device=device)) if head_mask.any() else 0.0
-        loss = frame_loss + reward_weight * rew + end_weight * end
-        return loss, {"frame": frame_loss, "reward": rew, "end": end}
+        return frame_loss, {}
     return loss_fn

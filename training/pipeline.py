@@ -1,4 +1,4 @@
-"""The end-to-end training pipeline: record (if needed) -> tokenizer -> LAM -> dynamics -> evaluate -> bundle.
+"""The end-to-end training pipeline: record (if needed) -> tokenizer -> LAM -> reward -> dynamics -> evaluate -> bundle.
 
 Run it with Hydra::
 
@@ -29,8 +29,8 @@ from envs.games import get_game
 from recorders.collect import RecordConfig, record
 from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler, episode_paths
 from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
-from training.loops import (Distributed, cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, run_stage,
-                            tokenizer_loss_fn)
+from training.loops import (Distributed, cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, reward_loss_fn,
+                            run_stage, tokenizer_loss_fn)
 from training.presets import TrainBudget, get_budget
 from training.train_state import has_state, load_trained
 from worldmodel.bundle import ModelBundle, load
@@ -38,9 +38,10 @@ from worldmodel.config import ModelPreset, get_preset, to_dict, update_dataclass
 from worldmodel.device import resolve_device
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.lam import LatentActionModel
+from worldmodel.reward_model import RewardEndModel
 from worldmodel.tokenizer import build_tokenizer
 
-STAGES = ("tokenizer", "lam", "dynamics", "evaluate")
+STAGES = ("tokenizer", "lam", "reward", "dynamics", "evaluate")
 
 
 @dataclass
@@ -62,7 +63,8 @@ class PipelineConfig:
         start_windows: real start windows stored in the bundle.
         init_from: warm start: a bundle (shipped name or directory) whose weights initialise
             each stage that has no snapshot of its own yet, so quality can grow over several
-            runs (the model configs must match the bundle's).
+            runs (the model configs must match the bundle's); a stage that is not run and
+            has no snapshot takes the bundle's model unchanged.
         progress: progress bars.
     """
 
@@ -106,13 +108,14 @@ def build_config(values: dict) -> PipelineConfig:
     if bad:
         raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {STAGES}")
     model = get_preset(cfg.preset)
-    for part in ("tokenizer", "lam", "dynamics", "sampler"):
+    parts = ("tokenizer", "lam", "reward", "dynamics", "sampler")
+    for part in parts:
         setattr(model, part, update_dataclass(getattr(model, part), model_over.get(part), where=f"model.{part}"))
-    unknown = set(model_over) - {"tokenizer", "lam", "dynamics", "sampler"}
+    unknown = set(model_over) - set(parts)
     if unknown:
         raise ValueError(f"unknown model part(s) {sorted(unknown)}")
     budget = get_budget(cfg.preset)
-    for part in ("record", "tokenizer", "lam", "dynamics"):
+    for part in ("record", "tokenizer", "lam", "reward", "dynamics"):
         setattr(budget, part, update_dataclass(getattr(budget, part), budget_over.get(part), where=f"budget.{part}"))
     if "eval_windows" in budget_over:
         budget.eval_windows = int(budget_over["eval_windows"])
@@ -187,6 +190,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     m, b = cfg.model, cfg.budget
     m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
                                                    tokens_per_frame=m.tokenizer.tokens_per_frame), where="model.dynamics")
+    m.reward = update_dataclass(m.reward, dict(num_actions=spec.num_actions), where="model.reward")
     if main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     metrics: dict = {"dataset": {"episodes": len(train), "transitions": train.num_transitions,
@@ -198,7 +202,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
               generators=None):
         """Train ``module`` if the stage is selected (resuming), else load its last snapshot if any.
 
-        Returns the trained (EMA) module, or None when it was neither trained nor found."""
+        Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         if name in cfg.stages:
             if warm is not None and not has_state(out / name):
                 _warm_start(module, module_cfg, warm, name)
@@ -211,6 +215,9 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             return module
         if has_state(out / name):
             return load_trained(out / name, module).eval()
+        if warm is not None and _bundle_part(warm, name)[0] is not None:
+            _warm_start(module, module_cfg, warm, name)   # not retrained here: the bundle's model as it is
+            return module.eval()
         return None
 
     warm = load(cfg.init_from) if cfg.init_from else None
@@ -232,6 +239,10 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                 b.lam, m.lam.history + 2, cfg.seed + 2, conv_amp)
     if lam is not None:
         metrics["lam_params"] = sum(p.numel() for p in lam.parameters())
+
+    reward_model = stage("reward", RewardEndModel(m.reward).to(device), m.reward,
+                         lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward, 2, cfg.seed + 5,
+                         conv_amp)
 
     dynamics = DynamicsModel(m.dynamics).to(device)
     metrics["dynamics_params"] = sum(p.numel() for p in dynamics.parameters())
@@ -257,7 +268,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         key_aliases=dict(spec.key_aliases), fps=spec.fps, conditioning="actions", tokenizer_config=m.tokenizer,
         dynamics_config=m.dynamics, sampler=m.sampler, tokenizer=tokenizer, dynamics=dynamics.float(),
         start_frames=frames, start_actions=actions, lam_config=m.lam if lam is not None else None,
-        lam=lam.float() if lam is not None else None,
+        lam=lam.float() if lam is not None else None, reward_config=m.reward,
+        reward_model=reward_model.float() if reward_model is not None else None,
         info={"command": " ".join(sys.argv), "preset": cfg.preset, "dataset": metrics["dataset"]})
 
     if "evaluate" in cfg.stages:
@@ -278,15 +290,20 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     return _finish(out, metrics, t_start)
 
 
+def _bundle_part(bundle: ModelBundle, name: str) -> tuple[torch.nn.Module | None, object]:
+    """The model of stage ``name`` in a bundle (None if it has none) and its config."""
+    return {"tokenizer": (bundle.tokenizer, bundle.tokenizer_config), "lam": (bundle.lam, bundle.lam_config),
+            "reward": (bundle.reward_model, bundle.reward_config),
+            "dynamics": (bundle.dynamics, bundle.dynamics_config)}[name]
+
+
 def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> None:
     """Copy a bundle's weights of stage ``name`` into ``module``.
 
     Raises:
         ValueError: the bundle lacks that model, or its config differs (naming the field).
     """
-    source, source_cfg = {"tokenizer": (bundle.tokenizer, bundle.tokenizer_config),
-                          "lam": (bundle.lam, bundle.lam_config),
-                          "dynamics": (bundle.dynamics, bundle.dynamics_config)}[name]
+    source, source_cfg = _bundle_part(bundle, name)
     if source is None:
         raise ValueError(f"init_from: the bundle has no {name} model")
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)

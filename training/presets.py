@@ -22,6 +22,7 @@ class TrainBudget:
     record: RecordBudget = field(default_factory=RecordBudget)
     tokenizer: StageBudget = field(default_factory=StageBudget)
     lam: StageBudget = field(default_factory=StageBudget)
+    reward: StageBudget = field(default_factory=StageBudget)
     dynamics: StageBudget = field(default_factory=StageBudget)
     eval_windows: int = 32
 
@@ -32,6 +33,7 @@ BUDGETS: dict[str, TrainBudget] = {
         record=RecordBudget(episodes=2, heldout_episodes=1, max_steps=40, num_envs=1),
         tokenizer=StageBudget(steps=4, batch_size=2, warmup=1),
         lam=StageBudget(steps=4, batch_size=2, warmup=1),
+        reward=StageBudget(steps=4, batch_size=4, warmup=1),
         dynamics=StageBudget(steps=6, batch_size=2, warmup=1, ema=0.9),
         eval_windows=2,
     ),
@@ -40,6 +42,7 @@ BUDGETS: dict[str, TrainBudget] = {
         record=RecordBudget(episodes=70, heldout_episodes=6, max_steps=1500, num_envs=2),
         tokenizer=StageBudget(steps=3000, minutes=10, batch_size=8, lr=1e-3, warmup=100),
         lam=StageBudget(steps=3000, minutes=6, batch_size=16, lr=1e-3, warmup=100),
+        reward=StageBudget(steps=3000, minutes=8, batch_size=64, lr=1e-3, warmup=100, ema=0.99),
         dynamics=StageBudget(steps=5500, minutes=55, batch_size=8, lr=4e-4, warmup=200, ema=0.999),
     ),
     # One GPU.
@@ -47,6 +50,7 @@ BUDGETS: dict[str, TrainBudget] = {
         record=RecordBudget(episodes=400, heldout_episodes=10, max_steps=3000, num_envs=8),
         tokenizer=StageBudget(steps=20_000, batch_size=64, lr=1e-3, warmup=500),
         lam=StageBudget(steps=20_000, batch_size=128, lr=1e-3, warmup=500),
+        reward=StageBudget(steps=10_000, batch_size=256, lr=1e-3, warmup=500, ema=0.999),
         dynamics=StageBudget(steps=200_000, batch_size=64, lr=3e-4, warmup=1000, ema=0.9995),
         eval_windows=128,
     ),

@@ -4,7 +4,8 @@ A bundle is a directory::
 
     pong/
       config.json               # game, actions, key map, model configs, sampler, metrics
-      dynamics.safetensors      # the dynamics model (with reward and end heads)
+      dynamics.safetensors      # the dynamics model
+      reward.safetensors        # the reward and end model, when trained
       tokenizer.safetensors     # only for a learned (conv) tokenizer
       lam.safetensors           # the latent-action model, when trained
       start_frames.safetensors  # real start windows: frames (K, T, H, W, 3) uint8, actions (K, T-1) int64
@@ -24,9 +25,10 @@ from safetensors.torch import load_file, save_file
 
 from envs.games import GameSpec
 from worldmodel.device import resolve_device
-from worldmodel.config import DynamicsConfig, LAMConfig, SamplerConfig, TokenizerConfig, to_dict
+from worldmodel.config import DynamicsConfig, LAMConfig, RewardConfig, SamplerConfig, TokenizerConfig, to_dict
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.lam import LatentActionModel
+from worldmodel.reward_model import RewardEndModel
 from worldmodel.tokenizer import build_tokenizer
 
 BUNDLE_FORMAT = "dreamgame-bundle"
@@ -50,8 +52,9 @@ class ModelBundle:
         key_aliases: physical key -> logical key.
         fps: frames per second the dream is shown at.
         conditioning: ``"actions"`` (real actions) or ``"latent"`` (LAM codes).
-        tokenizer, dynamics, lam: the models (``lam`` may be None).
-        tokenizer_config, dynamics_config, lam_config, sampler: their configs.
+        tokenizer, dynamics, lam, reward_model: the models (``lam`` and ``reward_model`` may
+            be None; without a reward model the dream's rewards are 0 and it never ends).
+        tokenizer_config, dynamics_config, lam_config, reward_config, sampler: their configs.
         start_frames: ``(K, T, H, W, 3) uint8`` real windows to start dreams from.
         start_actions: ``(K, T-1) int64`` the actions taken between those frames.
         info: free-form metadata (training command, metrics).
@@ -72,6 +75,8 @@ class ModelBundle:
     start_actions: torch.Tensor
     lam_config: LAMConfig | None = None
     lam: LatentActionModel | None = None
+    reward_config: RewardConfig | None = None
+    reward_model: RewardEndModel | None = None
     info: dict = field(default_factory=dict)
 
     @property
@@ -85,16 +90,19 @@ class ModelBundle:
                         action_meanings=tuple(self.action_meanings), keymap=dict(self.keymap),
                         key_aliases=dict(self.key_aliases), fps=self.fps)
 
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        """The bundle's models that are present."""
+        return [m for m in (self.tokenizer, self.dynamics, self.lam, self.reward_model) if m is not None]
+
     def to(self, device) -> "ModelBundle":
-        for m in (self.tokenizer, self.dynamics, self.lam):
-            if m is not None:
-                m.to(device)
+        for m in self.models:
+            m.to(device)
         return self
 
     def eval(self) -> "ModelBundle":
-        for m in (self.tokenizer, self.dynamics, self.lam):
-            if m is not None:
-                m.eval()
+        for m in self.models:
+            m.eval()
         return self
 
     def save(self, path: str | Path) -> Path:
@@ -104,7 +112,8 @@ class ModelBundle:
             format=BUNDLE_FORMAT, version=BUNDLE_VERSION, game=self.game, action_meanings=list(self.action_meanings),
             keymap=self.keymap, key_aliases=self.key_aliases, fps=self.fps, conditioning=self.conditioning,
             tokenizer=to_dict(self.tokenizer_config), dynamics=to_dict(self.dynamics_config),
-            sampler=to_dict(self.sampler), lam=to_dict(self.lam_config) if self.lam_config else None, info=self.info)
+            sampler=to_dict(self.sampler), lam=to_dict(self.lam_config) if self.lam_config else None,
+            reward=to_dict(self.reward_config) if self.reward_model is not None else None, info=self.info)
         text = json.dumps(config, indent=2)  # fails before anything is written if info is not JSON
         path.mkdir(parents=True, exist_ok=True)
         save_file(_contiguous(self.dynamics.state_dict()), path / "dynamics.safetensors")
@@ -112,6 +121,8 @@ class ModelBundle:
             save_file(_contiguous(self.tokenizer.state_dict()), path / "tokenizer.safetensors")
         if self.lam is not None:
             save_file(_contiguous(self.lam.state_dict()), path / "lam.safetensors")
+        if self.reward_model is not None:
+            save_file(_contiguous(self.reward_model.state_dict()), path / "reward.safetensors")
         save_file({"frames": self.start_frames.contiguous(), "actions": self.start_actions.contiguous()},
                   path / "start_frames.safetensors")
         (path / "config.json").write_text(text)
@@ -194,6 +205,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         # Bundles written before the previous-frame skip existed predict frames without it.
         dyn_cfg = DynamicsConfig(**{"prev_skip": False, **cfg["dynamics"]})
         lam_cfg = LAMConfig(**cfg["lam"]) if cfg.get("lam") else None
+        reward_cfg = RewardConfig(**cfg["reward"]) if cfg.get("reward") else None
         sampler = SamplerConfig(**cfg.get("sampler", {}))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({type(e).__name__}: {e})") from None
@@ -206,6 +218,10 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
     if lam_cfg is not None and (path / "lam.safetensors").exists():
         lam = LatentActionModel(lam_cfg)
         _load_state(lam, path / "lam.safetensors")
+    reward_model = None
+    if reward_cfg is not None:
+        reward_model = RewardEndModel(reward_cfg)
+        _load_state(reward_model, path / "reward.safetensors")
     starts = _load_weights(path / "start_frames.safetensors")
     missing = {"frames", "actions"} - set(starts)
     if missing:
@@ -215,5 +231,6 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         key_aliases=dict(cfg.get("key_aliases", {})), fps=int(cfg.get("fps", 15)),
         conditioning=cfg.get("conditioning", "actions"), tokenizer_config=tok_cfg, dynamics_config=dyn_cfg,
         sampler=sampler, tokenizer=tokenizer, dynamics=dynamics, start_frames=starts["frames"],
-        start_actions=starts["actions"], lam_config=lam_cfg, lam=lam, info=cfg.get("info", {}))
+        start_actions=starts["actions"], lam_config=lam_cfg, lam=lam, reward_config=reward_cfg,
+        reward_model=reward_model, info=cfg.get("info", {}))
     return bundle.to(device).eval()

@@ -101,6 +101,27 @@ class LAMConfig:
 
 
 @dataclass
+class RewardConfig:
+    """The reward and end model (:class:`worldmodel.reward_model.RewardEndModel`).
+
+    Attributes:
+        channels: widths of its stride-2 convolution stages.
+        hidden: width of the action embedding and of the MLP.
+        num_actions: action vocabulary (set from the game by the pipeline).
+    """
+
+    channels: tuple[int, ...] = (32, 64, 64, 128)
+    hidden: int = 128
+    num_actions: int = 6
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        check_positive(self, "hidden", "num_actions")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"RewardConfig.channels must be positive widths, got {self.channels}")
+
+
+@dataclass
 class DynamicsConfig:
     """Action-conditioned diffusion-forcing transformer over frame tokens.
 
@@ -190,6 +211,7 @@ class ModelPreset:
     lam: LAMConfig = field(default_factory=LAMConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -198,6 +220,7 @@ PRESETS: dict[str, ModelPreset] = {
         lam=LAMConfig(history=1, channels=(8, 16, 16, 16)),
         dynamics=DynamicsConfig(width=64, depth=2, heads=2, context_frames=4),
         sampler=SamplerConfig(steps=2),
+        reward=RewardConfig(channels=(8, 16), hidden=16),
     ),
     # One sampling step, and sub-threshold changes kept out (chosen on held-out figures; README).
     "cpu": ModelPreset(sampler=SamplerConfig(steps=1, change_threshold=24)),

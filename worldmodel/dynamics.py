@@ -9,14 +9,13 @@ and to every earlier frame (block-causal attention); positions enter as a 3-D ro
 embedding over (frame, row, column) (Su et al. 2021, RoFormer), so a rolling KV cache with
 absolute frame indices stays correct however long the rollout.
 
-Reward and end heads read the frame's pooled features and predict ``r_{j-1}`` (as its
-sign, -1/0/+1) and ``terminated_{j-1}``, the reward and end flag of the same transition.
+Rewards and episode ends are predicted by a separate model on pixels
+(:mod:`worldmodel.reward_model`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,39 +25,9 @@ from torch import nn
 from worldmodel.config import DynamicsConfig
 from worldmodel.kv_cache import KVCache
 
-REWARD_CLASSES = (-1.0, 0.0, 1.0)
-"""The reward head classifies the reward's sign (as IRIS and DIAMOND do for Atari)."""
-REWARD_CLASS_WEIGHTS = (20.0, 1.0, 20.0)
-"""Cross-entropy class weights of the reward head in training (non-zero rewards are rare)."""
-END_POS_WEIGHT = 50.0
-"""Positive-class weight of the end head's binary cross-entropy in training (ends are rare)."""
-
-
-@dataclass
-class DynamicsOutput:
-    """What one forward pass returns for ``F`` frames.
-
-    Attributes:
-        x0: ``(B, F, N, D)`` predicted clean tokens.
-        reward_logits: ``(B, F, 3)`` logits over :data:`REWARD_CLASSES`.
-        end_logits: ``(B, F)`` logit of ``terminated``.
-    """
-
-    x0: torch.Tensor
-    reward_logits: torch.Tensor
-    end_logits: torch.Tensor
-
-    def reward_and_end(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded heads: rewards ``(B, F)`` float (-1, 0 or +1) and terminated ``(B, F)`` bool.
-
-        The heads were trained with class weights (:data:`REWARD_CLASS_WEIGHTS`,
-        :data:`END_POS_WEIGHT`), which scale each class's odds by its weight; subtracting the
-        log weights recovers the unweighted posterior before taking the most likely class.
-        """
-        w = torch.tensor(REWARD_CLASS_WEIGHTS, device=self.reward_logits.device)
-        cls = (self.reward_logits.float() - w.log()).argmax(-1)
-        rewards = torch.tensor(REWARD_CLASSES, device=cls.device)[cls]
-        return rewards, self.end_logits.float() > math.log(END_POS_WEIGHT)
+LEGACY_HEAD_KEYS = ("head_norm.", "reward_head.", "end_head.")
+"""Weights of the reward and end heads that bundles written before
+:mod:`worldmodel.reward_model` carried; loading drops them."""
 
 
 class NoiseLevelEmbedder(nn.Module):
@@ -114,15 +83,18 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
-                cache: KVCache | None, layer: int, write: bool) -> torch.Tensor:
-        """``x (B, L, D)`` -> ``(B, L, D)``; ``mask (B or 1, 1, L, S + L)`` bool, True = attend."""
+                cache: KVCache | None, layer: int, write_tokens: int) -> torch.Tensor:
+        """``x (B, L, D)`` -> ``(B, L, D)``; ``mask (B, 1, L, S + L)`` bool, True = attend.
+
+        The keys and values of the first ``write_tokens`` of the ``L`` tokens go into ``cache``
+        (after this pass has read the cache as it was)."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k_all = torch.cat([cache.k[layer], k], dim=2)
             v_all = torch.cat([cache.v[layer], v], dim=2)
-            if write:
-                cache.write(layer, k, v)
+            if write_tokens:
+                cache.write(layer, k[:, :, :write_tokens], v[:, :, :write_tokens])
         else:
             k_all, v_all = k, v
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
@@ -156,12 +128,12 @@ class Block(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope, mask, cache: KVCache | None, layer: int,
-                write: bool) -> torch.Tensor:
+                write_tokens: int) -> torch.Tensor:
         """``x (B, F, N, D)``, ``c (B, F, D)`` -> ``(B, F, N, D)``."""
         b, f, n, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1).reshape(b, f * n, d)
-        x = x + gate1 * self.attn(h, rope, mask, cache, layer, write).reshape(b, f, n, d)
+        x = x + gate1 * self.attn(h, rope, mask, cache, layer, write_tokens).reshape(b, f, n, d)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
@@ -180,10 +152,24 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-def block_causal_mask(frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
-    """``(F*N, F*N)`` bool: token i may attend token j iff j's frame <= i's frame."""
-    frame = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
-    return frame[None, :] <= frame[:, None]
+def context_window_mask(query_frames: torch.Tensor, key_frames: torch.Tensor, context_frames: int) -> torch.Tensor:
+    """Which keys each query may attend, by absolute frame index.
+
+    A token of frame ``q`` attends a token of frame ``k`` iff ``q - context_frames < k <= q``
+    and ``k >= 0`` (-1 marks an empty cache slot): block-causal attention within a sliding
+    context window of ``context_frames`` frames, the one the model was trained on, however
+    the keys are laid out (cache ring slots, then the new frames).
+
+    Args:
+        query_frames: ``(B, Lq)`` int64 frame index of each query token.
+        key_frames: ``(B, Lk)`` int64 frame index of each key token (-1: empty).
+        context_frames: the window, the query's own frame included.
+
+    Returns:
+        ``(B, 1, Lq, Lk)`` bool, True = attend.
+    """
+    q, k = query_frames[:, None, :, None], key_frames[:, None, None, :]
+    return (k >= 0) & (k <= q) & (k > q - context_frames)
 
 
 class DynamicsModel(nn.Module):
@@ -207,10 +193,8 @@ class DynamicsModel(nn.Module):
         self.action_in = nn.Embedding(cfg.num_actions + 1, d)
         self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.final = FinalLayer(d, cfg.token_dim)
-        self.head_norm = nn.LayerNorm(d)
-        self.reward_head = nn.Linear(d, len(REWARD_CLASSES))
-        self.end_head = nn.Linear(d, 1)
         self._init_weights()
+        self._register_load_state_dict_pre_hook(_drop_legacy_heads)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -257,18 +241,24 @@ class DynamicsModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
-                write: bool = False, prev_tokens: torch.Tensor | None = None,
-                skip_tokens: torch.Tensor | None = None) -> DynamicsOutput:
+                write: int = 0, prev_tokens: torch.Tensor | None = None,
+                skip_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise ``F`` frames given (optionally) the cached past.
+
+        Each frame attends to itself, to the earlier new frames and to the cached frames
+        inside its context window (:func:`context_window_mask`). So one pass can both
+        commit a finished frame to the cache and denoise the frame after it: the finished
+        frame sees the whole cache, the next one the cache minus its oldest frame, plus the
+        finished frame; the same as two passes, in one.
 
         Args:
             tokens: ``(B, F, N, D_tok)`` noisy tokens.
             noise_levels: ``(B, F)`` noise level of each frame, in [0, 1].
             actions: ``(B, F)`` int64, the action that produced each frame (-1: none).
-            positions: ``(B, F)`` absolute frame indices (default ``0..F-1``).
-            cache: past frames' keys and values; the new frames attend to all valid ones.
-            write: store the new frames' keys and values in ``cache`` (the newest
-                ``context_frames - 1`` of them) and advance it.
+            positions: ``(B, F)`` int64 absolute frame indices, consecutive (default ``0..F-1``).
+            cache: past frames' keys and values.
+            write: how many of the new frames, from the first, to store in ``cache`` (their
+                keys and values; at most ``context_frames - 1``); the ring then advances.
             prev_tokens: ``(B, 1, N, D_tok)`` tokens of the frame before the first new one, as
                 they were fed to the model (zeros when ``None``: an episode's first frame).
             skip_tokens: ``(B, F, N, D_tok)`` the CLEAN tokens of each frame's previous frame,
@@ -276,7 +266,7 @@ class DynamicsModel(nn.Module):
                 passes the real previous frames, the Simulator the previous generated frame.
 
         Returns:
-            :class:`DynamicsOutput` for the ``F`` frames.
+            ``(B, F, N, D_tok)`` the predicted clean tokens of the ``F`` frames.
         """
         b, f, n, _ = tokens.shape
         if positions is None:
@@ -288,17 +278,21 @@ class DynamicsModel(nn.Module):
         x = self.in_proj(torch.cat([tokens, prev], dim=-1)) + self.pos_emb         # (B, F, N, D)
         x = x + self.action_in(self._action_index(actions))[:, :, None]
         rope = rotary_tables(self.token_positions(positions), self.head_dim, self.cfg.rope_base)
-        mask = block_causal_mask(f, n, tokens.device)[None, None]                   # (1, 1, L, L)
-        if cache is not None:
-            past = cache.token_mask()[:, None, None, :].expand(b, 1, f * n, -1)     # (B, 1, L, S)
-            mask = torch.cat([past, mask.expand(b, 1, -1, -1)], dim=-1)
+        query_frames = positions.repeat_interleave(n, dim=1)                        # (B, F*N)
+        key_frames = query_frames if cache is None else torch.cat([cache.token_frames(), query_frames], dim=1)
+        mask = context_window_mask(query_frames, key_frames, self.cfg.context_frames)   # (B, 1, L, S + L)
+        write_tokens = min(write, cache.slots) * n if cache is not None else 0
         for i, blk in enumerate(self.blocks):
-            x = blk(x, c, rope, mask, cache, i, write)
-        if cache is not None and write:
-            cache.commit(positions)
-        pooled = self.head_norm(x.mean(dim=2))                                      # (B, F, D)
+            x = blk(x, c, rope, mask, cache, i, write_tokens)
+        if write_tokens:
+            cache.commit(positions[:, :write_tokens // n])
         x0 = self.final(x, c)
         if self.cfg.prev_skip and skip_tokens is not None:
             x0 = x0 + skip_tokens.to(x0.dtype)
-        return DynamicsOutput(x0=x0, reward_logits=self.reward_head(pooled),
-                              end_logits=self.end_head(pooled).squeeze(-1))
+        return x0
+
+
+def _drop_legacy_heads(state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: forget the reward and end head weights of older bundles."""
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + h for h in LEGACY_HEAD_KEYS))]:
+        del state_dict[key]

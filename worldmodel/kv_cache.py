@@ -43,9 +43,9 @@ class KVCache:
         else:
             self.frame_pos[env_mask] = -1
 
-    def token_mask(self) -> torch.Tensor:
-        """``(B, slots * N)`` bool: which cached tokens hold a frame."""
-        return (self.frame_pos >= 0).repeat_interleave(self.tokens_per_frame, dim=1)
+    def token_frames(self) -> torch.Tensor:
+        """``(B, slots * N)`` int64: the frame index of each cached token (-1: empty slot)."""
+        return self.frame_pos.repeat_interleave(self.tokens_per_frame, dim=1)
 
     def write_index(self, frames: int) -> torch.Tensor:
         """Token indices the next ``frames`` frames (at most ``slots``) are written to."""
@@ -54,19 +54,12 @@ class KVCache:
         return (slot[:, None] * n + torch.arange(n)[None, :]).reshape(-1).to(self.k.device)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the keys/values ``(B, H, F*N, Dh)`` of the last ``min(F, slots)`` new frames."""
+        """Store the keys/values ``(B, H, F*N, Dh)`` of ``F`` frames (the last ``slots`` of them if more)."""
         n = self.tokens_per_frame
         frames = min(k.shape[2] // n, self.slots)
         idx = self.write_index(frames)
         self.k[layer, :, :, idx] = k[:, :, -frames * n:]
         self.v[layer, :, :, idx] = v[:, :, -frames * n:]
-
-    def write_frame(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one new frame's keys/values ``(depth, B, H, N, Dh)`` of every layer in the next slot
-        (then :meth:`commit` it)."""
-        n = self.tokens_per_frame
-        self.k[:, :, :, self.next_slot * n:(self.next_slot + 1) * n] = k
-        self.v[:, :, :, self.next_slot * n:(self.next_slot + 1) * n] = v
 
     def commit(self, positions: torch.Tensor) -> None:
         """Advance the ring after every layer has written; ``positions (B, F)`` are the frames' indices."""

@@ -1,27 +1,28 @@
-"""The onnxruntime backend of the Simulator: one denoising pass of one new frame as an ONNX graph.
+"""The onnxruntime backend of the Simulator: one cached pass of the dynamics model as an ONNX graph.
 
-The graph is the dynamics model's cached single-frame forward pass
-(:meth:`worldmodel.dynamics.DynamicsModel.forward` with a KV cache), with the cache as
-explicit inputs and the new frame's keys and values as outputs:
+The graph is the dynamics model's cached forward pass over ``F`` new frames
+(:meth:`worldmodel.dynamics.DynamicsModel.forward`; the Simulator runs it with ``F = 2``,
+the pending frame and the new one, then ``F = 1`` for further sampling steps), with the
+cache as explicit inputs and the new frames' keys and values as outputs:
 
 =================  =============================================  ==========
 input              shape                                          dtype
 =================  =============================================  ==========
-``tokens``         ``(B, 1, N, D_tok)`` noisy tokens of the frame  float32
-``level``          ``(B, 1)`` its noise level                       float32
-``action``         ``(B, 1)`` the action that produced it           int64
-``position``       ``(B, 1)`` its absolute frame index              int64
-``prev_tokens``    ``(B, 1, N, D_tok)`` the previous frame's tokens float32
-``skip_tokens``    ``(B, 1, N, D_tok)`` the previous frame, clean   float32
+``tokens``         ``(B, F, N, D_tok)`` noisy tokens of the frames float32
+``level``          ``(B, F)`` their noise levels                    float32
+``action``         ``(B, F)`` the actions that produced them        int64
+``position``       ``(B, F)`` their absolute frame indices          int64
+``prev_tokens``    ``(B, 1, N, D_tok)`` the frame before, as fed    float32
+``skip_tokens``    ``(B, F, N, D_tok)`` each previous frame, clean  float32
 ``past_k``         ``(depth, B, heads, S*N, head_dim)`` cached keys float32
 ``past_v``         same, cached values                              float32
-``past_mask``      ``(B, S*N)`` which cached tokens hold a frame    bool
+``past_frames``    ``(B, S*N)`` frame index per cached token, -1    int64
 =================  =============================================  ==========
 
-outputs: ``x0 (B, 1, N, D_tok)``, ``new_k`` / ``new_v (depth, B, heads, N, head_dim)``,
-``reward_logits (B, 1, 3)``, ``end_logits (B, 1)``. The ring buffer itself
-(:class:`worldmodel.kv_cache.KVCache`) stays outside the graph: the Simulator writes
-``new_k``/``new_v`` into the slot of the frame it commits. The batch axis is dynamic.
+outputs: ``x0 (B, F, N, D_tok)``, ``new_k`` / ``new_v (depth, B, heads, F*N, head_dim)``.
+The ring buffer itself (:class:`worldmodel.kv_cache.KVCache`) stays outside the graph:
+the Simulator writes the first frame's ``new_k``/``new_v`` into the slot it commits. The
+batch and frame axes are dynamic.
 
 Inputs and outputs are bound with onnxruntime's IOBinding to the torch tensors the
 Simulator already holds (CPU memory, or GPU memory with the CUDA execution provider), so
@@ -47,11 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodel.dynamics import DynamicsModel, DynamicsOutput
+from worldmodel.dynamics import DynamicsModel
 
 OPSET = 23
-INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "skip_tokens", "past_k", "past_v", "past_mask")
-OUTPUTS = ("x0", "new_k", "new_v", "reward_logits", "end_logits")
+INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "skip_tokens", "past_k", "past_v", "past_frames")
+OUTPUTS = ("x0", "new_k", "new_v")
 
 
 class OnnxUnavailable(RuntimeError):
@@ -60,15 +61,15 @@ class OnnxUnavailable(RuntimeError):
 
 class _GraphCache:
     """Stands in for :class:`~worldmodel.kv_cache.KVCache` while tracing: the past keys and
-    values are graph inputs, and what the model writes is collected as graph outputs."""
+    values are graph inputs, and the keys and values of every new frame become graph outputs."""
 
-    def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor, past_mask: torch.Tensor):
-        self.k, self.v, self._mask = past_k, past_v, past_mask
+    def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor, past_frames: torch.Tensor, slots: int):
+        self.k, self.v, self._frames, self.slots = past_k, past_v, past_frames, slots
         self.new_k: list[torch.Tensor] = []
         self.new_v: list[torch.Tensor] = []
 
-    def token_mask(self) -> torch.Tensor:
-        return self._mask
+    def token_frames(self) -> torch.Tensor:
+        return self._frames
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.new_k.append(k)
@@ -79,27 +80,30 @@ class _GraphCache:
 
 
 class StepGraph(nn.Module):
-    """The exported module: a cached single-frame pass of ``dynamics`` (see the module docstring)."""
+    """The exported module: a cached pass of ``dynamics`` over ``F`` frames (see the module docstring)."""
 
     def __init__(self, dynamics: DynamicsModel):
         super().__init__()
         self.dynamics = dynamics
 
-    def forward(self, tokens, level, action, position, prev_tokens, skip_tokens, past_k, past_v, past_mask):
-        cache = _GraphCache(past_k, past_v, past_mask)
-        out = self.dynamics(tokens, level, action, position, cache=cache, write=True, prev_tokens=prev_tokens,
-                            skip_tokens=skip_tokens)
-        return out.x0, torch.stack(cache.new_k), torch.stack(cache.new_v), out.reward_logits, out.end_logits
+    def forward(self, tokens, level, action, position, prev_tokens, skip_tokens, past_k, past_v, past_frames):
+        slots = self.dynamics.cfg.context_frames - 1
+        cache = _GraphCache(past_k, past_v, past_frames, slots)
+        # write=slots asks for the keys and values of all F (<= slots) frames; the caller stores the ones it commits.
+        x0 = self.dynamics(tokens, level, action, position, cache=cache, write=slots, prev_tokens=prev_tokens,
+                           skip_tokens=skip_tokens)
+        return x0, torch.stack(cache.new_k), torch.stack(cache.new_v)
 
 
-def example_inputs(dynamics: DynamicsModel, batch: int = 2) -> tuple[torch.Tensor, ...]:
-    """Inputs of the graph's shapes and dtypes for ``batch`` dreams (random values)."""
+def example_inputs(dynamics: DynamicsModel, batch: int = 2, frames: int = 2) -> tuple[torch.Tensor, ...]:
+    """Inputs of the graph's shapes and dtypes for ``batch`` dreams and ``frames`` new frames (random values)."""
     c = dynamics.cfg
     s, n, d, h, hd = c.context_frames - 1, c.tokens_per_frame, c.token_dim, c.heads, dynamics.head_dim
-    return (torch.randn(batch, 1, n, d), torch.rand(batch, 1), torch.zeros(batch, 1, dtype=torch.long),
-            torch.full((batch, 1), s, dtype=torch.long), torch.randn(batch, 1, n, d), torch.randn(batch, 1, n, d),
+    f = frames
+    return (torch.randn(batch, f, n, d), torch.rand(batch, f), torch.zeros(batch, f, dtype=torch.long),
+            torch.arange(s, s + f).expand(batch, f), torch.randn(batch, 1, n, d), torch.randn(batch, f, n, d),
             torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
-            torch.ones(batch, s * n, dtype=torch.bool))
+            torch.arange(s).repeat_interleave(n).expand(batch, s * n))
 
 
 def cache_dir() -> Path:
@@ -140,7 +144,10 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = StepGraph(copy.deepcopy(dynamics).float().cpu()).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
+    frames = torch.export.Dim("frames", min=1, max=dynamics.cfg.context_frames - 1)
     dynamic = {name: {1 if name in ("past_k", "past_v") else 0: batch} for name in INPUTS}
+    for name in ("tokens", "level", "action", "position", "skip_tokens"):
+        dynamic[name][1] = frames
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -227,35 +234,36 @@ class OnnxStepper:
         self._ort_device = "cuda" if self.device.type == "cuda" else "cpu"
         self._device_id = self.device.index or 0
         cfg = dynamics.cfg
-        self._out_shapes = {"x0": lambda b: (b, 1, cfg.tokens_per_frame, cfg.token_dim),
-                            "new_k": lambda b: (cfg.depth, b, cfg.heads, cfg.tokens_per_frame, dynamics.head_dim),
-                            "new_v": lambda b: (cfg.depth, b, cfg.heads, cfg.tokens_per_frame, dynamics.head_dim),
-                            "reward_logits": lambda b: (b, 1, 3), "end_logits": lambda b: (b, 1)}
-        self._outputs: dict[str, torch.Tensor] = {}
+        self._out_shapes = {"x0": lambda b, f: (b, f, cfg.tokens_per_frame, cfg.token_dim),
+                            "new_k": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim),
+                            "new_v": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim)}
+        self._outputs: dict[tuple[int, int], dict[str, torch.Tensor]] = {}   # by (batch, frames)
 
     def _bind(self, binding, name: str, t: torch.Tensor, output: bool = False) -> None:
         np_type = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}[t.dtype]
         bind = binding.bind_output if output else binding.bind_input
         bind(name, self._ort_device, self._device_id, np_type, list(t.shape), t.data_ptr())
 
-    def __call__(self, tokens, levels, actions, positions, cache, *, write: bool, prev_tokens,
-                 skip_tokens) -> DynamicsOutput:
-        """One pass, like ``dynamics(tokens, levels, actions, positions, cache=cache, write=write, ...)``."""
-        b = tokens.shape[0]
-        inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_mask())
-        if not self._outputs or self._outputs["x0"].shape[0] != b:
-            self._outputs = {name: torch.empty(shape(b), device=self.device) for name, shape in
-                             self._out_shapes.items()}
+    def __call__(self, tokens, levels, actions, positions, *, cache, write: int, prev_tokens,
+                 skip_tokens) -> torch.Tensor:
+        """One pass, like ``dynamics(tokens, levels, actions, positions, cache=cache, write=write, ...)``:
+        returns ``x0 (B, F, N, D_tok)`` and commits the first ``write`` frames to ``cache``."""
+        b, f = tokens.shape[:2]
+        inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_frames())
+        out = self._outputs.get((b, f))
+        if out is None:
+            out = self._outputs[(b, f)] = {name: torch.empty(shape(b, f), device=self.device)
+                                           for name, shape in self._out_shapes.items()}
         binding = self.session.io_binding()
         bound = [t.contiguous() for t in inputs]          # referenced here until the run is over
         for name, t in zip(INPUTS, bound):
             self._bind(binding, name, t)
-        for name, t in self._outputs.items():
+        for name, t in out.items():
             self._bind(binding, name, t, output=True)
         self.session.run_with_iobinding(binding)
-        out = self._outputs
         if write:
-            cache.write_frame(out["new_k"], out["new_v"])
-            cache.commit(positions)
-        return DynamicsOutput(x0=out["x0"].clone(), reward_logits=out["reward_logits"].clone(),
-                              end_logits=out["end_logits"].clone())
+            n = cache.tokens_per_frame
+            for layer in range(cache.depth):
+                cache.write(layer, out["new_k"][layer, :, :, :write * n], out["new_v"][layer, :, :, :write * n])
+            cache.commit(positions[:, :write])
+        return out["x0"].clone()

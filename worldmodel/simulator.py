@@ -17,9 +17,12 @@ class Simulator:
     """Runs ``batch_size`` dreams of one model in lock step.
 
     Each step denoises one new frame per dream in ``sampler.steps`` passes that attend to
-    the KV cache of the past frames, then writes the finished frame into the cache once
-    (at the sampler's context noise level). The cache is a ring of
+    the KV cache of the past frames. The frame shown last is written into the cache (at the
+    sampler's context noise level) by the first of those passes, which carries it beside the
+    new frame: one pass per sampling step, none extra for the cache. The cache is a ring of
     ``context_frames - 1`` frames, so a step costs the same at step 10 and step 10,000.
+    Rewards and episode ends come from the bundle's reward model
+    (:mod:`worldmodel.reward_model`) on the frame shown last and the new one.
 
     Args:
         model: a loaded :class:`~worldmodel.bundle.ModelBundle`.
@@ -60,12 +63,21 @@ class Simulator:
         self.num_actions = model.dynamics_config.num_actions
         self.step_count = np.zeros(batch_size, np.int64)
         self.last_frames: np.ndarray | None = None
-        # Tokens of each dream's latest frame as written into the cache: the next frame is
-        # conditioned on them (frame stacking) besides attending to the cache.
-        self.prev_tokens = torch.zeros((batch_size, 1, *self.token_shape), device=self.device)
-        # The same frame's clean tokens: the previous-frame skip predicts a correction of them.
-        self.prev_clean = torch.zeros_like(self.prev_tokens)
-        self.prev_shown = torch.zeros((batch_size, 1, *self.frame_shape), dtype=torch.uint8, device=self.device)
+        # Each dream's latest frame is "pending": shown, but its keys and values are not in the
+        # cache yet. The next step's first pass commits it to the cache and denoises the new
+        # frame together (DynamicsModel.forward), one pass where two would do the same work.
+        tokens = torch.zeros((batch_size, 1, *self.token_shape), device=self.device)
+        self.pending_tokens = tokens          # as written into the cache (at the context noise level)
+        self.pending_clean = tokens.clone()   # clean: the previous-frame skip corrects these
+        self.pending_prev = tokens.clone()    # the frame before it, as written (frame stacking)
+        self.pending_action = torch.full((batch_size, 1), -1, dtype=torch.long, device=self.device)
+        self.pending_position = torch.zeros((batch_size, 1), dtype=torch.long, device=self.device)
+        self.pending_shown = torch.zeros((batch_size, 1, *self.frame_shape), dtype=torch.uint8, device=self.device)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """``(B,)`` int64: the absolute frame index of each dream's latest frame."""
+        return self.pending_position[:, 0].cpu().numpy()
 
     def _choose_backend(self, backend: str):
         if backend == "auto":
@@ -79,13 +91,11 @@ class Simulator:
             return "torch", None
         return "onnx", OnnxStepper(self.model.dynamics, self.device)
 
-    def _pass(self, x, levels, acts, positions, *, write: bool):
-        """One cached pass of the dynamics model over the new frame, by the chosen backend."""
-        if self._onnx is not None:
-            return self._onnx(x, levels, acts, positions, self.cache, write=write, prev_tokens=self.prev_tokens,
-                              skip_tokens=self.prev_clean)
-        return self.model.dynamics(x, levels, acts, positions, cache=self.cache, write=write,
-                                   prev_tokens=self.prev_tokens, skip_tokens=self.prev_clean)
+    def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens):
+        """One cached pass of the dynamics model, by the chosen backend."""
+        run = self._onnx if self._onnx is not None else self.model.dynamics
+        return run(tokens, levels, actions, positions, cache=self.cache, write=write, prev_tokens=prev_tokens,
+                   skip_tokens=skip_tokens)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -132,7 +142,7 @@ class Simulator:
         if t < 1:
             raise ValueError("frames must hold at least one frame per dream (T >= 1), got T = 0")
         acts = self._check_actions(actions, (len(ids), t - 1), "actions")
-        keep = min(t, self.cache.slots)                       # older frames would fall out of the window
+        keep = min(t, self.cache.slots + 1)                   # cached frames + the pending one
         frames_t, t0 = frames_t[:, t - keep:], t - keep
         prev = torch.full((len(ids), 1), -1, dtype=torch.long, device=self.device)
         cond = torch.cat([prev, acts], dim=1)[:, t0:]         # slot j is conditioned on a_{j-1}
@@ -140,31 +150,35 @@ class Simulator:
         levels = torch.full(cond.shape, self.context_noise, device=self.device)
         tokens = self._noised(clean, levels)
         positions = torch.arange(t0, t, device=self.device).expand(len(ids), -1)
+        cache = self.cache if env_ids is None else self.model.dynamics.new_cache(len(ids), device=self.device)
         if env_ids is None:
-            self.cache.clear()
-            self.model.dynamics(tokens, levels, cond, positions, cache=self.cache, write=True)
-            self.prev_tokens = tokens[:, -1:].clone()
-            self.prev_clean = clean[:, -1:].clone()
-            self.prev_shown = frames_t[:, -1:].clone()
+            cache.clear()
         else:
-            ids_t = torch.as_tensor(ids, device=self.device)
-            self._reset_subset(ids_t, tokens, levels, cond, positions)
-            self.prev_tokens[ids_t] = tokens[:, -1:]
-            self.prev_clean[ids_t] = clean[:, -1:]
-            self.prev_shown[ids_t] = frames_t[:, -1:]
+            cache.next_slot = self.cache.next_slot
+        if keep > 1:                                          # all but the newest frame go into the cache
+            self.model.dynamics(tokens[:, :-1], levels[:, :-1], cond[:, :-1], positions[:, :-1], cache=cache,
+                                write=keep - 1)
+        if env_ids is not None:
+            self._copy_into_ring(torch.as_tensor(ids, device=self.device), cache)
+        ids_t = slice(None) if env_ids is None else torch.as_tensor(ids, device=self.device)
+        self.pending_tokens[ids_t] = tokens[:, -1:]
+        self.pending_clean[ids_t] = clean[:, -1:]
+        self.pending_prev[ids_t] = tokens[:, -2:-1] if keep > 1 else 0.0
+        self.pending_action[ids_t] = cond[:, -1:]
+        self.pending_position[ids_t] = positions[:, -1:]
+        self.pending_shown[ids_t] = frames_t[:, -1:]
         if self.last_frames is None:
             self.last_frames = np.zeros((self.batch_size, *self.frame_shape), np.uint8)
         self.last_frames[ids] = frames_t[:, -1].cpu().numpy()
         self.step_count[ids] = 0
         return self.last_frames.copy()
 
-    def _reset_subset(self, ids: torch.Tensor, tokens, levels, cond, positions) -> None:
-        """Prime a subset of dreams in a scratch cache aligned with the shared ring, then copy it in."""
-        scratch = self.model.dynamics.new_cache(len(ids), device=self.device)
-        scratch.next_slot = self.cache.next_slot
-        self.model.dynamics(tokens, levels, cond, positions, cache=scratch, write=True)
-        # The shared ring advanced by one slot per step; the scratch ring by `keep` slots from
-        # the same start. Rotate it so its newest frame sits just before the shared write slot.
+    def _copy_into_ring(self, ids: torch.Tensor, scratch) -> None:
+        """Copy a subset's scratch cache, primed from the shared ring's write slot, into the ring.
+
+        The shared ring advanced by one slot per step; the scratch ring by the primed frames
+        from the same start. Rotate it so its newest frame sits just before the shared write slot.
+        """
         shift = (self.cache.next_slot - scratch.next_slot) % self.cache.slots
         n = self.cache.tokens_per_frame
         self.cache.k[:, ids] = torch.roll(scratch.k, shift * n, dims=3)
@@ -195,27 +209,40 @@ class Simulator:
             raise RuntimeError("call reset(frames, actions) before step()")
         b = self.batch_size
         acts = self._check_actions(actions, (b,), "actions")[:, None]                 # (B, 1)
-        positions = (self.cache.last_position() + 1)[:, None]                          # (B, 1)
+        positions = self.pending_position + 1                                          # (B, 1)
+        ctx = torch.full((b, 1), self.context_noise, device=self.device)
         x = torch.randn((b, 1, *self.token_shape), generator=self.generator, device=self.device)
-        for s, s_next in zip(self.schedule[:-1], self.schedule[1:]):
-            levels = torch.full((b, 1), s, device=self.device)
-            x0 = self._pass(x, levels, acts, positions, write=False).x0
+        for i, (s, s_next) in enumerate(zip(self.schedule[:-1], self.schedule[1:])):
+            level = torch.full((b, 1), s, device=self.device)
+            if i == 0:   # commit the pending frame and denoise the new one in the same pass
+                x0 = self._pass(torch.cat([self.pending_tokens, x], dim=1), torch.cat([ctx, level], dim=1),
+                                torch.cat([self.pending_action, acts], dim=1),
+                                torch.cat([self.pending_position, positions], dim=1), write=1,
+                                prev_tokens=self.pending_prev, skip_tokens=self.pending_clean.expand(-1, 2, -1, -1))
+                x0 = x0[:, 1:]           # the pending frame's own prediction is not needed
+            else:
+                x0 = self._pass(x, level, acts, positions, write=0, prev_tokens=self.pending_tokens,
+                                skip_tokens=self.pending_clean)
             x = euler_step(x, x0, s, s_next)
         shown = tensor_to_frames(self.model.tokenizer.decode(x))                       # (B, 1, H, W, 3) uint8
         if self.quantize:
             if self.change_threshold:
-                small = (shown.short() - self.prev_shown.short()).abs().amax(-1, keepdim=True) < self.change_threshold
-                shown = torch.where(small, self.prev_shown, shown)
+                small = (shown.short() - self.pending_shown.short()).abs().amax(-1, keepdim=True) < self.change_threshold
+                shown = torch.where(small, self.pending_shown, shown)
             x = self.model.tokenizer.encode(frames_to_tensor(shown))
-            self.prev_shown = shown
-        levels = torch.full((b, 1), self.context_noise, device=self.device)
-        written = self._noised(x, levels)
-        out = self._pass(written, levels, acts, positions, write=True)
-        self.prev_tokens, self.prev_clean = written, x
+        rewards, terminated = self._reward_and_end(shown[:, 0], acts[:, 0])
+        self.pending_prev = self.pending_tokens
+        self.pending_tokens, self.pending_clean = self._noised(x, ctx), x
+        self.pending_action, self.pending_position, self.pending_shown = acts.clone(), positions, shown
         frames = shown[:, 0].cpu().numpy()
-        rewards, terminated = out.reward_and_end()
-        rewards = rewards[:, 0].cpu().numpy().astype(np.float32)
-        terminated = terminated[:, 0].cpu().numpy()
         self.last_frames = frames
         self.step_count += 1
         return frames, rewards, terminated
+
+    def _reward_and_end(self, shown: torch.Tensor, actions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The reward model's verdict on ``pending -> shown``: rewards ``(B,)`` float32, terminated ``(B,)`` bool
+        (zeros and False for a bundle without a reward model)."""
+        if self.model.reward_model is None:
+            return np.zeros(self.batch_size, np.float32), np.zeros(self.batch_size, bool)
+        rewards, terminated = self.model.reward_model.predict(self.pending_shown[:, 0], shown, actions)
+        return rewards.cpu().numpy().astype(np.float32), terminated.cpu().numpy()
