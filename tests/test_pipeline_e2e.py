@@ -201,3 +201,14 @@ def test_warm_start_from_a_bundle(pipeline_run, tmp_path):
     with pytest.raises(ValueError, match="width"):
         run(build_config(dict(common, out=str(tmp_path / "bad"), init_from=str(root / "run" / "bundle"),
                               model={"dynamics": {"width": 32}})))
+    # A bundle from before the reward model: that stage trains from scratch, the others keep the bundle's models.
+    import dataclasses
+
+    dataclasses.replace(source, reward_model=None, reward_config=None).save(tmp_path / "old")
+    metrics = run(build_config(dict(common, out=str(tmp_path / "grow"), init_from=str(tmp_path / "old"),
+                                    stages=["reward"], budget={"reward": {"steps": 2}}, export=str(tmp_path / "new"))))
+    assert metrics["reward"]["step"] == 2
+    grown = worldmodel.load(tmp_path / "new")
+    assert grown.reward_model is not None
+    for (k, a), b in zip(grown.dynamics.state_dict().items(), source.dynamics.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)

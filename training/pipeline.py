@@ -300,12 +300,16 @@ def _bundle_part(bundle: ModelBundle, name: str) -> tuple[torch.nn.Module | None
 def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> None:
     """Copy a bundle's weights of stage ``name`` into ``module``.
 
+    A bundle without that model (one written before the stage existed) leaves ``module`` as
+    it is: the stage trains from scratch.
+
     Raises:
-        ValueError: the bundle lacks that model, or its config differs (naming the field).
+        ValueError: the model's config differs from the bundle's (naming the field).
     """
     source, source_cfg = _bundle_part(bundle, name)
     if source is None:
-        raise ValueError(f"init_from: the bundle has no {name} model")
+        print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
+        return
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
     if diff:
