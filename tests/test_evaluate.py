@@ -82,6 +82,10 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert set(report["teacher_forced"]) >= {"psnr", "ssim", "psnr_moving", "ball_error_px", "paddle_error_px"}
     assert "1" in on_disk["controllability"]["delta_psnr"]
     assert on_disk["long_run"]["steps"] == 4
+    rates = on_disk["long_run"]["rates"]
+    assert 0 <= rates["dream_rewards_per_1000"] <= 1000 and 0 <= rates["dream_ends_per_1000"] <= 1000
+    assert rates["real_rewards_per_1000"] >= 0 and rates["real_ends_per_1000"] >= 0
+    assert set(on_disk["reward_model"]) == {"reward", "end"}
     for name in ("drift.png", "long_run.png", "real_vs_dream.gif", "curves.npz"):
         assert (out / name).stat().st_size > 0
 

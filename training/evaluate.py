@@ -401,8 +401,10 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
 
     Returns:
         ``(summary, series)``: the summary holds means over the run and over its last tenth
-        beside the real held-out frames' figures; ``series`` holds per-step ``(steps,)``
-        arrays ``hist_distance``, ``broken`` and (Pong) ``ball_visible``, averaged over dreams.
+        beside the real held-out frames' figures, and the dream's rates of non-zero rewards
+        and of game ends per 1,000 steps beside the held-out episodes' rates (``rates``);
+        ``series`` holds per-step ``(steps,)`` arrays ``hist_distance``, ``broken`` and
+        (Pong) ``ball_visible``, averaged over dreams.
     """
     from tqdm import tqdm
 
@@ -423,10 +425,14 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     sim.reset(model.start_frames.numpy()[idx], model.start_actions.numpy()[idx])
     policy = RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
     series: dict[str, list] = {}
+    rewards, ends = 0, 0
     for _ in tqdm(range(steps), desc="long run", unit="step", disable=not progress, mininterval=2):
-        frames, _, _ = sim.step(policy(None))
+        frames, r, end = sim.step(policy(None))
+        rewards, ends = rewards + int((r != 0).sum()), ends + int(end.sum())
         for k, v in measures(frames).items():
             series.setdefault(k, []).append(float(v.mean()))
+    real_steps = sum(len(e.actions) for e in episodes)
+    per_k = lambda n, total: 1000.0 * n / total  # noqa: E731
     arrays = {k: np.asarray(v) for k, v in series.items()}
     real_m = {k: float(v.mean()) for k, v in measures(real[:: max(1, len(real) // 2000)]).items()}
     tail = max(1, steps // 10)
@@ -434,7 +440,11 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
                "dream_mean": {k: float(v.mean()) for k, v in arrays.items()},
                "dream_last_tenth": {k: float(v[-tail:].mean()) for k, v in arrays.items()},
                "real_mean": real_m,
-               "dream_broken_frames": int(round(arrays["broken"].sum() * dreams))}
+               "dream_broken_frames": int(round(arrays["broken"].sum() * dreams)),
+               "rates": {"dream_rewards_per_1000": per_k(rewards, steps * dreams),
+                         "real_rewards_per_1000": per_k(sum(int((e.rewards != 0).sum()) for e in episodes), real_steps),
+                         "dream_ends_per_1000": per_k(ends, steps * dreams),
+                         "real_ends_per_1000": per_k(sum(int(e.terminated.sum()) for e in episodes), real_steps)}}
     return summary, arrays
 
 
