@@ -223,7 +223,7 @@ PRESETS: dict[str, ModelPreset] = {
         reward=RewardConfig(channels=(8, 16), hidden=16),
     ),
     # One sampling step, and sub-threshold changes kept out (chosen on held-out figures; README).
-    "cpu": ModelPreset(sampler=SamplerConfig(steps=1, change_threshold=24)),
+    "cpu": ModelPreset(sampler=SamplerConfig(steps=1, change_threshold=48)),
     "gpu": ModelPreset(
         tokenizer=TokenizerConfig(kind="patch", patch_size=8),
         lam=LAMConfig(channels=(64, 128, 256, 256)),
