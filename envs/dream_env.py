@@ -54,10 +54,10 @@ class DreamEnv(gym.Env):
         ``Box(0, 255, (64, 64, 3), uint8)``: the same frames as ``envs.make(game)``.
 
     Rewards:
-        The reward head's prediction of the reward's sign (-1, 0 or +1).
+        The reward model's prediction of the reward's sign (-1, 0 or +1).
 
     Episode End:
-        Terminated when the end head predicts the game ended; truncated by
+        Terminated when the reward and end model predicts the game ended; truncated by
         ``max_episode_steps`` when made through ``gymnasium.make``.
 
     Args:

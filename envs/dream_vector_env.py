@@ -39,7 +39,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         shape on the model's device (the spaces stay the same).
 
     Rewards:
-        ``(num_envs,) float64``: the reward head's prediction of the reward's sign.
+        ``(num_envs,) float64``: the reward model's prediction of the reward's sign.
 
     Episode End:
         Terminated when the end head predicts the game ended; truncated after
