@@ -42,7 +42,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         ``(num_envs,) float64``: the reward model's prediction of the reward's sign.
 
     Episode End:
-        Terminated when the end head predicts the game ended; truncated after
+        Terminated when the reward and end model predicts the game ended; truncated after
         ``max_episode_steps`` steps (``None``: never). ``gymnasium.make_vec`` passes the
         registered limit.
 

@@ -52,7 +52,7 @@ class StepResult:
     Attributes:
         frame: ``(H, W, 3)`` uint8.
         reward: predicted reward (its sign) of the step.
-        terminated: the end head's verdict.
+        terminated: the reward and end model's verdict.
         latency_ms: wall time of the step (generation and decoding), in milliseconds.
     """
 

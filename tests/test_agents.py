@@ -65,7 +65,7 @@ def any_vec_env(request, tiny_bundle):
 
 
 def force_terminations(env: DreamVectorEnv, schedule: dict[int, list[int]]) -> None:
-    """Make the Simulator's end head report ``terminated`` for sub-envs ``schedule[k]`` on its
+    """Make the Simulator's end model report ``terminated`` for sub-envs ``schedule[k]`` on its
     k-th step (counted from 1), and never otherwise: the env's autoreset logic is tested
     against a known signal instead of a random model's guesses."""
     step = env.sim.step
