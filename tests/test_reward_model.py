@@ -114,3 +114,32 @@ def test_config_rejects_bad_values():
         RewardConfig(hidden=0)
     with pytest.raises(ValueError, match="channels"):
         RewardConfig(channels=())
+
+
+def test_event_oversampling_is_importance_weighted(monkeypatch):
+    """The reward stage draws a quarter of each batch from the rare transitions; the importance
+    weights make the weighted loss an unbiased estimate of the loss under uniform sampling."""
+    import training.loops as loops
+    from recorders.dataset import Episode, WindowSampler
+
+    t = 40
+    rewards = np.zeros(t, np.float32)
+    rewards[[5, 20]] = [1.0, -1.0]
+    ends = np.zeros(t, bool)
+    ends[-1] = True
+    ep = Episode(frames=np.zeros((t + 1, 64, 64, 3), np.uint8), actions=np.zeros(t, np.int64), rewards=rewards,
+                 terminated=ends, truncated=np.zeros(t, bool))
+    seen = []
+    monkeypatch.setattr(loops, "reward_end_loss",
+                        lambda model, x, a, r, e, w: seen.append((r.numpy(), e.numpy(), w.numpy())) or (0.0, {}))
+    loss_fn = loops.reward_loss_fn(WindowSampler([ep], 2, seed=0), 8, "cpu")
+    for _ in range(400):
+        loss_fn(None)
+    r, e, w = (np.concatenate(z) for z in zip(*seen))
+    event = (r != 0) | e
+    assert event.mean() > 0.25                                 # 3 of 40 transitions, sampled far more often
+    assert abs(w.mean() - 1.0) < 0.05                          # E[weight] = 1 under the sampling distribution
+    # Each event's weighted frequency matches its true frequency (1 in 40).
+    for idx in (5, 20):
+        hit = r == rewards[idx]
+        assert abs((w * hit).sum() / len(w) - 1 / t) < 0.01

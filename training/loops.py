@@ -357,14 +357,32 @@ def lam_loss_fn(sampler: WindowSampler, batch_size: int, device, moving_weight: 
     return loss_fn
 
 
-def reward_loss_fn(sampler: WindowSampler, batch_size: int, device):
-    """Reward and end model loss on transitions ``(x_t, a_t, x_{t+1})`` (windows of 2 frames)."""
+def reward_loss_fn(sampler: WindowSampler, batch_size: int, device, *, event_share: float = 0.25):
+    """Reward and end model loss on transitions ``(x_t, a_t, x_{t+1})`` (windows of 2 frames).
+
+    ``event_share`` of each batch is drawn from the rare transitions (non-zero reward or game
+    end), the rest uniformly; importance weights (true over sampling probability) keep the
+    loss an unbiased estimate of the uniform one, so the decoded predictions stay calibrated
+    while the rare classes are seen far more often.
+    """
+    events = [(e, int(t)) for e, ep in enumerate(sampler.episodes)
+              for t in np.flatnonzero((ep.rewards != 0) | ep.terminated)]
+    total = sum(len(ep.actions) for ep in sampler.episodes)
+    n_events = round(batch_size * event_share) if events else 0
+    share = n_events / batch_size
+    # P(sample) over a batch slot: uniform part (1 - share) / total, plus share / len(events) for an event.
+    w_plain = 1.0 / (1.0 - share)
+    w_event = 1.0 / ((1.0 - share) + share * total / len(events)) if events else w_plain
 
     def loss_fn(model: RewardEndModel):
-        batch = _batch_to(sampler.sample(batch_size), device)
+        items = [sampler.sample_one() for _ in range(batch_size - n_events)]
+        items += [sampler.window_at(*events[i]) for i in sampler.rng.integers(len(events), size=n_events)]
+        batch = _batch_to({k: np.stack([it[k] for it in items]) for k in items[0]}, device)
         x = frames_to_tensor(batch["frames"])                                   # (B, 2, 3, H, W)
         actions = batch["actions"][:, 1].clamp(min=0)     # a_t; -1 only marks an episode's first frame
-        return reward_end_loss(model, x, actions, batch["rewards"][:, 1], batch["terminated"][:, 1])
+        rewards, ends = batch["rewards"][:, 1], batch["terminated"][:, 1]
+        weights = torch.where((rewards != 0) | ends, w_event, w_plain)
+        return reward_end_loss(model, x, actions, rewards, ends, weights)
     return loss_fn
 
 

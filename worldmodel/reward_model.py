@@ -111,7 +111,8 @@ class RewardEndModel(nn.Module):
 
 
 def reward_end_loss(model: RewardEndModel, frames: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
-                    terminated: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    terminated: torch.Tensor, sample_weights: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Class-weighted cross-entropy of the reward's sign plus weighted BCE of the end flag.
 
     Args:
@@ -119,6 +120,8 @@ def reward_end_loss(model: RewardEndModel, frames: torch.Tensor, actions: torch.
         actions: ``(B,)`` int64 ``a_t``.
         rewards: ``(B,)`` float ``r_t`` (only its sign is used).
         terminated: ``(B,)`` bool, whether ``x_{t+1}`` ended the episode.
+        sample_weights: ``(B,)`` importance weights of a batch drawn with rare transitions
+            over-represented (true probability / sampling probability); None: all 1.
 
     Returns:
         (scalar loss, ``{"reward": ..., "end": ...}`` the two terms).
@@ -126,9 +129,11 @@ def reward_end_loss(model: RewardEndModel, frames: torch.Tensor, actions: torch.
     out = model(frames[:, 0], frames[:, 1], actions)
     classes = torch.tensor(REWARD_CLASSES, device=frames.device)
     target = torch.bucketize(rewards.sign(), classes)                              # index into REWARD_CLASSES
-    rew = F.cross_entropy(out.reward_logits.float(), target,
+    w = torch.ones_like(rewards, dtype=torch.float32) if sample_weights is None else sample_weights.float()
+    rew = F.cross_entropy(out.reward_logits.float(), target, reduction="none",
                           weight=torch.tensor(REWARD_CLASS_WEIGHTS, device=frames.device))
-    end = F.binary_cross_entropy_with_logits(out.end_logits.float(), terminated.float(),
+    end = F.binary_cross_entropy_with_logits(out.end_logits.float(), terminated.float(), reduction="none",
                                              pos_weight=torch.tensor(END_POS_WEIGHT, device=frames.device))
+    rew, end = (w * rew).sum() / w.sum(), (w * end).sum() / w.sum()
     return rew + end, {"reward": rew, "end": end}
 
