@@ -398,8 +398,12 @@ class WindowSampler:
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of random windows: ``frames (B, W, H, W', 3) uint8``, ``actions (B, W) int64``,
         ``rewards (B, W) float32``, ``terminated (B, W) bool``."""
-        items = [self.sample_one() for _ in range(batch_size)]
-        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+        return stack_windows([self.sample_one() for _ in range(batch_size)])
+
+
+def stack_windows(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Windows of :meth:`WindowSampler.window_at` -> one batch, each array stacked on a new first axis."""
+    return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
 
 def window_dataset(root: str | Path, window: int, *, seed: int = 0):

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as tdist
 from tqdm import tqdm
 
-from recorders.dataset import WindowSampler
+from recorders.dataset import WindowSampler, stack_windows
 from training.train_state import has_state, load_state, save_state
 from worldmodel.diffusion import add_noise, sample_noise_levels
 from worldmodel.dynamics import DynamicsModel
@@ -377,7 +377,7 @@ def reward_loss_fn(sampler: WindowSampler, batch_size: int, device, *, event_sha
     def loss_fn(model: RewardEndModel):
         items = [sampler.sample_one() for _ in range(batch_size - n_events)]
         items += [sampler.window_at(*events[i]) for i in sampler.rng.integers(len(events), size=n_events)]
-        batch = _batch_to({k: np.stack([it[k] for it in items]) for k in items[0]}, device)
+        batch = _batch_to(stack_windows(items), device)
         x = frames_to_tensor(batch["frames"])                                   # (B, 2, 3, H, W)
         actions = batch["actions"][:, 1].clamp(min=0)     # a_t; -1 only marks an episode's first frame
         rewards, ends = batch["rewards"][:, 1], batch["terminated"][:, 1]

@@ -204,8 +204,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         if name in cfg.stages:
-            if warm is not None and not has_state(out / name):
-                _warm_start(module, module_cfg, warm, name)
+            if warm is not None and not has_state(out / name) and not _warm_start(module, module_cfg, warm, name):
+                print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
             sampler = WindowSampler(episodes, window, seed=distributed.seed(seed))  # each rank its own windows
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
                                      amp=stage_amp, frames_per_step=window * budget.batch_size * distributed.world_size,
@@ -215,9 +215,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             return module
         if has_state(out / name):
             return load_trained(out / name, module).eval()
-        if warm is not None and _bundle_part(warm, name)[0] is not None:
-            _warm_start(module, module_cfg, warm, name)   # not retrained here: the bundle's model as it is
-            return module.eval()
+        if warm is not None and _warm_start(module, module_cfg, warm, name):
+            return module.eval()                      # not retrained here: the bundle's model as it is
         return None
 
     warm = load(cfg.init_from) if cfg.init_from else None
@@ -297,19 +296,19 @@ def _bundle_part(bundle: ModelBundle, name: str) -> tuple[torch.nn.Module | None
             "dynamics": (bundle.dynamics, bundle.dynamics_config)}[name]
 
 
-def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> None:
+def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> bool:
     """Copy a bundle's weights of stage ``name`` into ``module``.
 
-    A bundle without that model (one written before the stage existed) leaves ``module`` as
-    it is: the stage trains from scratch.
+    Returns:
+        Whether the bundle has that model (one written before the stage existed has not, and
+        ``module`` is left as it is).
 
     Raises:
         ValueError: the model's config differs from the bundle's (naming the field).
     """
     source, source_cfg = _bundle_part(bundle, name)
     if source is None:
-        print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
-        return
+        return False
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
     if diff:
@@ -317,6 +316,7 @@ def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: 
                          f"{mine[diff[0]]!r} here)")
     module.load_state_dict(source.state_dict())
     print(f"[{name}] warm start from the init_from bundle")
+    return True
 
 
 def _finish(out: Path, metrics: dict, t_start: float) -> dict:

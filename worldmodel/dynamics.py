@@ -277,8 +277,9 @@ class DynamicsModel(nn.Module):
         prev = torch.cat([prev_tokens.to(tokens.dtype), tokens[:, :-1]], dim=1)    # (B, F, N, D_tok)
         x = self.in_proj(torch.cat([tokens, prev], dim=-1)) + self.pos_emb         # (B, F, N, D)
         x = x + self.action_in(self._action_index(actions))[:, :, None]
-        rope = rotary_tables(self.token_positions(positions), self.head_dim, self.cfg.rope_base)
-        query_frames = positions.repeat_interleave(n, dim=1)                        # (B, F*N)
+        token_pos = self.token_positions(positions)                                 # (B, F*N, 3)
+        rope = rotary_tables(token_pos, self.head_dim, self.cfg.rope_base)
+        query_frames = token_pos[..., 0]                                            # (B, F*N)
         key_frames = query_frames if cache is None else torch.cat([cache.token_frames(), query_frames], dim=1)
         mask = context_window_mask(query_frames, key_frames, self.cfg.context_frames)   # (B, 1, L, S + L)
         write_tokens = min(write, cache.slots) * n if cache is not None else 0

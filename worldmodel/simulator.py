@@ -62,7 +62,7 @@ class Simulator:
         self.token_shape = (tc.tokens_per_frame, tc.token_dim)
         self.num_actions = model.dynamics_config.num_actions
         self.step_count = np.zeros(batch_size, np.int64)
-        self.last_frames: np.ndarray | None = None
+        self._primed = False                  # reset() has run
         # Each dream's latest frame is "pending": shown, but its keys and values are not in the
         # cache yet. The next step's first pass commits it to the cache and denoises the new
         # frame together (DynamicsModel.forward), one pass where two would do the same work.
@@ -73,6 +73,11 @@ class Simulator:
         self.pending_action = torch.full((batch_size, 1), -1, dtype=torch.long, device=self.device)
         self.pending_position = torch.zeros((batch_size, 1), dtype=torch.long, device=self.device)
         self.pending_shown = torch.zeros((batch_size, 1, *self.frame_shape), dtype=torch.uint8, device=self.device)
+
+    @property
+    def last_frames(self) -> np.ndarray | None:
+        """``(B, H, W, 3)`` uint8: each dream's latest frame (None before :meth:`reset`)."""
+        return self.pending_shown[:, 0].cpu().numpy() if self._primed else None
 
     @property
     def positions(self) -> np.ndarray:
@@ -167,11 +172,9 @@ class Simulator:
         self.pending_action[ids_t] = cond[:, -1:]
         self.pending_position[ids_t] = positions[:, -1:]
         self.pending_shown[ids_t] = frames_t[:, -1:]
-        if self.last_frames is None:
-            self.last_frames = np.zeros((self.batch_size, *self.frame_shape), np.uint8)
-        self.last_frames[ids] = frames_t[:, -1].cpu().numpy()
+        self._primed = True
         self.step_count[ids] = 0
-        return self.last_frames.copy()
+        return self.last_frames
 
     def _copy_into_ring(self, ids: torch.Tensor, scratch) -> None:
         """Copy a subset's scratch cache, primed from the shared ring's write slot, into the ring.
@@ -205,7 +208,7 @@ class Simulator:
             RuntimeError: called before :meth:`reset`.
             ValueError: wrong shape or an action out of range.
         """
-        if self.last_frames is None:
+        if not self._primed:
             raise RuntimeError("call reset(frames, actions) before step()")
         b = self.batch_size
         acts = self._check_actions(actions, (b,), "actions")[:, None]                 # (B, 1)
@@ -234,10 +237,8 @@ class Simulator:
         self.pending_prev = self.pending_tokens
         self.pending_tokens, self.pending_clean = self._noised(x, ctx), x
         self.pending_action, self.pending_position, self.pending_shown = acts.clone(), positions, shown
-        frames = shown[:, 0].cpu().numpy()
-        self.last_frames = frames
         self.step_count += 1
-        return frames, rewards, terminated
+        return shown[:, 0].cpu().numpy(), rewards, terminated
 
     def _reward_and_end(self, shown: torch.Tensor, actions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The reward model's verdict on ``pending -> shown``: rewards ``(B,)`` float32, terminated ``(B,)`` bool
