@@ -19,6 +19,7 @@ BALL_WHITE = np.array([236, 236, 236], np.float32)
 _PLAY_ROWS = (34, 194)          # between the top and bottom walls
 _PLAYER_COLS = (140, 144)
 _OPPONENT_COLS = (16, 20)
+_PADDLE_EMU = (4, 16)           # paddle width, height
 
 
 def _scaled(bounds: tuple[int, int], src: int, dst: int, pad: int = 0, inner: bool = False) -> slice:
@@ -46,6 +47,14 @@ def _centroid_rows(weight: np.ndarray, min_mass: float) -> np.ndarray:
     return np.where(mass >= min_mass, y, np.nan)
 
 
+def _paddle_weight(frames: np.ndarray, player: bool) -> tuple[np.ndarray, int]:
+    """Per-pixel paddle colour share in the paddle's columns between the walls, and the first row's index."""
+    h, w = frames.shape[-3], frames.shape[-2]
+    cols = _scaled(_PLAYER_COLS if player else _OPPONENT_COLS, 160, w, pad=1)
+    rows = _scaled(_PLAY_ROWS, 210, h, inner=True)
+    return _mix_weight(frames[..., rows, cols, :], PLAYER_GREEN if player else OPPONENT_ORANGE), rows.start
+
+
 def paddle_y(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
     """Vertical centre of the player's (green, right) or opponent's (orange, left) paddle.
 
@@ -56,13 +65,47 @@ def paddle_y(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
     Returns:
         ``(...)`` float32 row of the paddle's centre in pixels; NaN where it is not visible.
     """
-    h, w = frames.shape[-3], frames.shape[-2]
-    cols = _scaled(_PLAYER_COLS if player else _OPPONENT_COLS, 160, w, pad=1)
-    rows = _scaled(_PLAY_ROWS, 210, h, inner=True)
-    region = frames[..., rows, cols, :]
-    weight = _mix_weight(region, PLAYER_GREEN if player else OPPONENT_ORANGE)
-    y = _centroid_rows(weight, min_mass=0.25 * 16 * h / 210)
-    return (y + rows.start).astype(np.float32)
+    weight, top = _paddle_weight(frames, player)
+    y = _centroid_rows(weight, min_mass=_visible_mass(frames))
+    return (y + top).astype(np.float32)
+
+
+def _visible_mass(frames: np.ndarray) -> float:
+    """The least colour mass of a visible paddle: a quarter of a paddle's height, one output pixel wide."""
+    return 0.25 * _PADDLE_EMU[1] * frames.shape[-3] / 210
+
+
+def _paddle_mass(frames: np.ndarray) -> float:
+    """Colour mass (pixels' colour share summed) of a whole paddle, 4x16 emulator pixels, at this frame size."""
+    return _PADDLE_EMU[0] * _PADDLE_EMU[1] * frames.shape[-3] / 210 * frames.shape[-2] / 160
+
+
+def paddle_is_bar(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
+    """Whether a paddle is drawn as a paddle: visible (:func:`paddle_y`), its colour within
+    rows spanning at most 2.5 paddle heights, and at most twice a paddle's colour mass.
+
+    A dream that smears a paddle along its column (a streak of its colour or of noise)
+    still has the paddle's colour there, so :func:`paddle_y` alone would count it as
+    visible. On real held-out frames the rule fails for under 0.2% of frames (ALE's reset
+    screen, a ball passing the paddle's columns).
+
+    Args:
+        frames: ``(..., H, W, 3)`` uint8 Pong frames.
+        player: the green paddle (True) or the orange one (False).
+
+    Returns:
+        ``(...)`` bool.
+    """
+    weight, _ = _paddle_weight(frames, player)
+    row_mass = weight.sum(-1)                                             # (..., rows)
+    coloured = row_mass > 0.3
+    index = np.arange(row_mass.shape[-1])
+    first = np.where(coloured, index, row_mass.shape[-1]).min(-1)
+    last = np.where(coloured, index, -1).max(-1)
+    span = np.maximum(last - first + 1, 0)
+    mass, full = row_mass.sum(-1), _paddle_mass(frames)
+    max_span = 2.5 * _PADDLE_EMU[1] * frames.shape[-3] / 210
+    return (mass >= _visible_mass(frames)) & (mass <= 2.0 * full) & (span <= max_span)
 
 
 def ball_xy(frames: np.ndarray) -> np.ndarray:
@@ -105,7 +148,8 @@ def pong_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
     Returns:
         ``{"background", "walls", "player_paddle", "opponent_paddle"}`` -> ``(...)`` bool:
         the play field is mostly the brown background (>= 80% of its pixels within 40 of
-        it), both walls' rows are grey, each paddle is visible (:func:`paddle_y`).
+        it), both walls' rows are grey, each paddle is drawn as a paddle
+        (:func:`paddle_is_bar`: visible, not smeared along its column).
     """
     h = frames.shape[-3]
     f = frames.astype(np.float32)
@@ -116,4 +160,4 @@ def pong_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
         band = f[..., _scaled(rows, 210, h, inner=True), :, :].mean(axis=(-3, -2))
         walls &= np.linalg.norm(band - WALL_GREY, axis=-1) < 40.0
     return {"background": background, "walls": walls,
-            "player_paddle": ~np.isnan(paddle_y(frames)), "opponent_paddle": ~np.isnan(paddle_y(frames, player=False))}
+            "player_paddle": paddle_is_bar(frames), "opponent_paddle": paddle_is_bar(frames, player=False)}

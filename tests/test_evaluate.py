@@ -37,6 +37,29 @@ def test_broken_frames_flags_blank_saturated_and_missing_paddles(pong_trajectory
     assert not broken_frames(no_paddle, "cartpole").any()   # the Pong screen check is Pong's only
 
 
+def test_a_paddle_smeared_along_its_column_is_broken(pong_trajectory):
+    """The dream's typical failure: the player's paddle column turns into a streak of its colour
+    (or noise). The paddle's colour is still there, so only its shape tells it is no paddle."""
+    from envs.readout import PLAYER_GREEN, paddle_is_bar, paddle_y
+
+    frames, _ = pong_trajectory
+    real = frames[18:22]
+    assert paddle_is_bar(real).all() and paddle_is_bar(real, player=False).all()
+    streak = real[:1].copy()
+    green = (np.abs(streak[0, 12:60].astype(int) - PLAYER_GREEN).sum(-1) < 30).sum(0)   # between the walls
+    column = int(np.argmax(green))
+    rows = np.arange(12, 60, 2)                                  # every other row: a dotted green streak
+    streak[0, rows, column] = PLAYER_GREEN.astype(np.uint8)
+    assert not np.isnan(paddle_y(streak)).any()                  # "visible" by colour alone
+    assert not paddle_is_bar(streak).any()
+    assert broken_frames(streak, "pong").all()
+    # A paddle moved elsewhere in its column is still a paddle.
+    moved = real[:1].copy()
+    moved[0, 12:60, 52:] = real[0, 30, 30]                      # background over the old paddle
+    moved[0, 40:45, column] = PLAYER_GREEN.astype(np.uint8)
+    assert paddle_is_bar(moved).all() and not broken_frames(moved, "pong").any()
+
+
 def test_colour_histogram_is_normalised_and_separates_frames(pong_trajectory):
     frames, _ = pong_trajectory
     h = colour_histogram(frames[:3])

@@ -25,7 +25,7 @@ from worldmodel.diffusion import add_noise, sample_noise_levels
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.lam import LatentActionModel, lam_loss
 from worldmodel.reward_model import RewardEndModel, reward_end_loss
-from worldmodel.tokenizer import frames_to_tensor, moving_mask
+from worldmodel.tokenizer import frames_to_tensor, moving_mask, tensor_to_frames
 
 
 @dataclass
@@ -387,7 +387,8 @@ def reward_loss_fn(sampler: WindowSampler, batch_size: int, device, *, event_sha
 
 
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
-                     noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None):
+                     noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
+                     scheduled_sampling: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     Slot 0 of a window has no past and only serves as context.
@@ -395,7 +396,26 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
     Args:
         action_source: optional ``f(frames (B, T, 3, H, W), actions (B, T)) -> (B, T)`` that
             replaces the real actions (latent-action conditioning).
+        scheduled_sampling: probability that a frame is replaced, as input and as the base the
+            next frame corrects, by the model's own prediction of it, rounded to uint8 like a
+            frame the dream shows (scheduled sampling, Bengio et al. 2015, "Scheduled Sampling
+            for Sequence Prediction with Recurrent Neural Networks"; a one-pass stand-in for
+            training on whole rollouts, as in Self Forcing, Huang et al. 2025). The targets stay
+            the real frames, so the model learns to correct its own errors instead of building
+            on them. Costs one extra forward pass without gradients per step; 0 = off.
     """
+
+    def own_frames(dyn: DynamicsModel, x0, actions, skip, shape):
+        """The model's own one-pass predictions of every frame, as the dream would show them."""
+        with torch.no_grad():
+            levels = sample_noise_levels(*shape, shift=noise_shift, generator=generator, device=device)
+            eps = torch.randn(x0.shape, generator=generator, device=device)
+            made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=skip).float()
+            made = tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(made)))).float()
+            # Only frames predicted from a high noise level are the model's own; a frame given
+            # almost clean is a copy of the real one.
+            pick = torch.rand(shape, generator=generator, device=device) < scheduled_sampling
+            return torch.where(((levels >= 0.5) & pick)[..., None, None], made, x0)
 
     def loss_fn(dyn: DynamicsModel):
         batch = _batch_to(sampler.sample(batch_size), device)
@@ -405,10 +425,13 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
+        shifted = lambda z: torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)  # noqa: E731
+        inputs = x0
+        if scheduled_sampling > 0:
+            inputs = own_frames(dyn, x0, actions, shifted(x0), (b, t))
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
-        skip = torch.cat([torch.zeros_like(x0[:, :1]), x0[:, :-1]], dim=1)        # clean previous frames
-        pred = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=skip)
+        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=shifted(inputs))  # skip: previous frames
         err = (pred.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
         return frame_loss, {}

@@ -60,6 +60,9 @@ class PipelineConfig:
         export: copy the final bundle here too (e.g. ``worldmodel/checkpoints/pong``).
         stages: which stages to run.
         moving_weight: extra loss weight of moving pixels.
+        scheduled_sampling: probability that a dynamics training frame is replaced, as
+            context, by the model's own prediction of it (0 = teacher forcing only; see
+            :func:`training.loops.dynamics_loss_fn`).
         start_windows: real start windows stored in the bundle.
         init_from: warm start: a bundle (shipped name or directory) whose weights initialise
             each stage that has no snapshot of its own yet, so quality can grow over several
@@ -79,6 +82,7 @@ class PipelineConfig:
     export: str | None = None
     stages: tuple[str, ...] = STAGES
     moving_weight: float = 20.0
+    scheduled_sampling: float = 0.0
     start_windows: int = 32
     init_from: str | None = None
     progress: bool = True
@@ -107,6 +111,8 @@ def build_config(values: dict) -> PipelineConfig:
     bad = set(cfg.stages) - set(STAGES)
     if bad:
         raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {STAGES}")
+    if not 0.0 <= cfg.scheduled_sampling <= 1.0:
+        raise ValueError(f"scheduled_sampling must be a probability in [0, 1], got {cfg.scheduled_sampling!r}")
     model = get_preset(cfg.preset)
     parts = ("tokenizer", "lam", "reward", "dynamics", "sampler")
     for part in parts:
@@ -250,7 +256,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     trained = stage("dynamics", dynamics, m.dynamics,
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
                                                  moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
-                                                 generator=gen),
+                                                 generator=gen, scheduled_sampling=cfg.scheduled_sampling),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
         if cfg.export or "evaluate" in cfg.stages:

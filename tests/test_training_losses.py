@@ -1,0 +1,95 @@
+"""The dynamics training loss: teacher forcing and scheduled sampling on the model's own frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recorders.dataset import Episode, WindowSampler
+from training.loops import dynamics_loss_fn
+from worldmodel.config import TokenizerConfig
+from worldmodel.tokenizer import build_tokenizer, frames_to_tensor, tensor_to_frames
+
+FRAMES, SIZE = 6, 16
+
+
+class SpyDynamics(torch.nn.Module):
+    """Stands in for a DynamicsModel: records each call's inputs and answers a fixed frame."""
+
+    def __init__(self, answer: torch.Tensor):
+        super().__init__()
+        self.answer = answer                   # (N, D) tokens every frame is predicted as
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls: list[dict] = []
+
+    def forward(self, tokens, levels, actions, *, skip_tokens):
+        self.calls.append(dict(tokens=tokens.clone(), levels=levels.clone(), skip=skip_tokens.clone(),
+                               grad=torch.is_grad_enabled()))
+        return self.scale * self.answer.expand_as(tokens)
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (FRAMES + 4, SIZE, SIZE, 3), dtype=np.uint8)
+    n = len(frames) - 1
+    episode = Episode(frames=frames, actions=rng.integers(0, 3, n), rewards=np.zeros(n, np.float32),
+                      terminated=np.zeros(n, bool), truncated=np.zeros(n, bool))
+    tokenizer = build_tokenizer(TokenizerConfig(kind="patch", frame_size=SIZE, patch_size=4))
+    # A prediction off the uint8 grid: the loss must round it as a dream frame is rounded.
+    answer_frame = torch.full((1, 1, 3, SIZE, SIZE), 0.1234)
+    answer = tokenizer.encode(answer_frame)[0, 0]
+    return episode, tokenizer, answer, answer_frame
+
+
+def _loss(episode, tokenizer, dyn, probability, seed=0):
+    sampler = WindowSampler([episode], FRAMES, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = dynamics_loss_fn(sampler, 2, torch.device("cpu"), tokenizer, moving_weight=0.0, generator=gen,
+                               scheduled_sampling=probability)
+    return loss_fn(dyn), sampler
+
+
+def test_teacher_forcing_feeds_the_real_previous_frames(setup):
+    episode, tokenizer, answer, _ = setup
+    dyn = SpyDynamics(answer)
+    (loss, _), sampler = _loss(episode, tokenizer, dyn, 0.0)
+    assert len(dyn.calls) == 1 and dyn.calls[0]["grad"]
+    real = tokenizer.encode(frames_to_tensor(torch.as_tensor(
+        WindowSampler([episode], FRAMES, seed=0).sample(2)["frames"])))
+    torch.testing.assert_close(dyn.calls[0]["skip"][:, 1:], real[:, :-1])
+    # The loss compares the prediction with the real frames (slot 0 is context only).
+    expected = (answer - real[:, 1:]).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scheduled_sampling_swaps_in_the_models_own_rounded_frames(setup):
+    episode, tokenizer, answer, answer_frame = setup
+    dyn = SpyDynamics(answer)
+    (loss, _), _ = _loss(episode, tokenizer, dyn, 1.0)
+    first, second = dyn.calls
+    assert not first["grad"] and second["grad"]          # the own-frame pass builds no graph
+    real = tokenizer.encode(frames_to_tensor(torch.as_tensor(
+        WindowSampler([episode], FRAMES, seed=0).sample(2)["frames"])))
+    own = tokenizer.encode(frames_to_tensor(tensor_to_frames(answer_frame)))[0, 0]
+    assert not torch.allclose(own, answer)                # rounding to uint8 changed it
+    swapped = first["levels"] >= 0.5                      # (B, T): predicted from a high noise level
+    assert swapped.any() and (~swapped).any()
+    skip = second["skip"][:, 1:]                          # the base each frame corrects: the frame before
+    for b in range(2):
+        for t in range(FRAMES - 1):
+            want = own if swapped[b, t] else real[b, t]
+            torch.testing.assert_close(skip[b, t], want.expand_as(skip[b, t]))
+    # Targets stay the real frames whatever the inputs were.
+    expected = (answer - real[:, 1:]).pow(2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert dyn.scale.grad is not None
+
+
+def test_scheduled_sampling_probability_is_checked():
+    from training.pipeline import build_config
+
+    with pytest.raises(ValueError, match="scheduled_sampling must be a probability"):
+        build_config({"game": "pong", "preset": "tiny", "scheduled_sampling": 1.5})
