@@ -251,30 +251,36 @@ def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed:
 
     For each start window of the bundle (cycled up to ``starts``), two dreams with the same
     noise seed hold ``up`` or ``down`` for ``hold`` steps. A start passes when the paddle's
-    row after Up is at least ``margin`` pixels above (smaller than) its row after Down.
+    row after Up is at least ``margin`` pixels above (smaller than) its row after Down and
+    the paddle is still drawn as a paddle in both (:func:`envs.readout.paddle_is_bar`): a
+    paddle smeared along its column also has a row, but it is no longer under control.
 
     Returns:
-        ``{"pass_rate": share of starts that pass, "mean_gap_px": mean (down - up) row gap,
-        "starts": n}``; starts where the paddle is not visible count as failures.
+        ``{"pass_rate": share of starts that pass, "moved_rate": share whose row gap alone
+        passes, "intact_rate": share where the paddle is a paddle after both holds,
+        "mean_gap_px": mean (down - up) row gap, "starts": n}``; starts where the paddle is not
+        visible count as failures.
     """
-    from envs.readout import paddle_y
+    from envs.readout import paddle_is_bar, paddle_y
 
     k = len(model.start_frames)
     idx = np.arange(starts) % k
     frames = model.start_frames.numpy()[idx]
     actions = model.start_actions.numpy()[idx]
-    results = {}
+    rows, intact = {}, np.ones(starts, bool)
     for name, action in (("up", up), ("down", down)):
         sim = Simulator(model, batch_size=starts, seed=seed, sampling_steps=sampling_steps)
         sim.reset(frames, actions)
         for _ in range(hold):
             last, _, _ = sim.step(np.full(starts, action))
-        results[name] = paddle_y(last)
-    gap = results["down"] - results["up"]
-    passed = np.nan_to_num(gap, nan=-np.inf) >= margin
+        rows[name] = paddle_y(last)
+        intact &= paddle_is_bar(last)
+    gap = rows["down"] - rows["up"]
+    moved = np.nan_to_num(gap, nan=-np.inf) >= margin
     with np.errstate(all="ignore"):
         mean_gap = float(np.nanmean(gap))
-    return {"pass_rate": float(passed.mean()), "mean_gap_px": _finite(mean_gap), "starts": int(starts)}
+    return {"pass_rate": float((moved & intact).mean()), "moved_rate": float(moved.mean()),
+            "intact_rate": float(intact.mean()), "mean_gap_px": _finite(mean_gap), "starts": int(starts)}
 
 
 def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int = 256, seed: int = 0,
