@@ -70,14 +70,19 @@ def paddle_y(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
     return (y + top).astype(np.float32)
 
 
+def _paddle_rows(frames: np.ndarray) -> float:
+    """A paddle's height (16 emulator rows) in output rows at this frame size."""
+    return _PADDLE_EMU[1] * frames.shape[-3] / 210
+
+
 def _visible_mass(frames: np.ndarray) -> float:
     """The least colour mass of a visible paddle: a quarter of a paddle's height, one output pixel wide."""
-    return 0.25 * _PADDLE_EMU[1] * frames.shape[-3] / 210
+    return 0.25 * _paddle_rows(frames)
 
 
 def _paddle_mass(frames: np.ndarray) -> float:
     """Colour mass (pixels' colour share summed) of a whole paddle, 4x16 emulator pixels, at this frame size."""
-    return _PADDLE_EMU[0] * _PADDLE_EMU[1] * frames.shape[-3] / 210 * frames.shape[-2] / 160
+    return _paddle_rows(frames) * _PADDLE_EMU[0] * frames.shape[-2] / 160
 
 
 def paddle_is_bar(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
@@ -104,8 +109,7 @@ def paddle_is_bar(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
     last = np.where(coloured, index, -1).max(-1)
     span = np.maximum(last - first + 1, 0)
     mass, full = row_mass.sum(-1), _paddle_mass(frames)
-    max_span = 2.5 * _PADDLE_EMU[1] * frames.shape[-3] / 210
-    return (mass >= _visible_mass(frames)) & (mass <= 2.0 * full) & (span <= max_span)
+    return (mass >= _visible_mass(frames)) & (mass <= 2.0 * full) & (span <= 2.5 * _paddle_rows(frames))
 
 
 def ball_xy(frames: np.ndarray) -> np.ndarray:

@@ -386,6 +386,11 @@ def reward_loss_fn(sampler: WindowSampler, batch_size: int, device, *, event_sha
     return loss_fn
 
 
+def _previous_frames(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, T, ...)`` -> the frame before each slot (zeros before the first): the previous-frame skip's base."""
+    return torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+
+
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0):
@@ -405,12 +410,13 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             on them. Costs one extra forward pass without gradients per step; 0 = off.
     """
 
-    def own_frames(dyn: DynamicsModel, x0, actions, skip, shape):
-        """The model's own one-pass predictions of every frame, as the dream would show them."""
+    def own_frames(dyn: DynamicsModel, x0, actions):
+        """``x0`` with frames swapped for the model's own one-pass predictions, as the dream would show them."""
+        shape = x0.shape[:2]
         with torch.no_grad():
             levels = sample_noise_levels(*shape, shift=noise_shift, generator=generator, device=device)
             eps = torch.randn(x0.shape, generator=generator, device=device)
-            made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=skip).float()
+            made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=_previous_frames(x0)).float()
             made = tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(made)))).float()
             # Only frames predicted from a high noise level are the model's own; a frame given
             # almost clean is a copy of the real one.
@@ -425,13 +431,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
-        shifted = lambda z: torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)  # noqa: E731
-        inputs = x0
-        if scheduled_sampling > 0:
-            inputs = own_frames(dyn, x0, actions, shifted(x0), (b, t))
+        inputs = own_frames(dyn, x0, actions) if scheduled_sampling > 0 else x0
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
-        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=shifted(inputs))  # skip: previous frames
+        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=_previous_frames(inputs))
         err = (pred.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
         return frame_loss, {}
