@@ -71,23 +71,26 @@ def record_pong(out: Path, *, episodes: int = 2, max_steps: int = 30, seed: int 
     return record(cfg, progress=False)
 
 
-def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, seed: int = 0):
+def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, seed: int = 0, palette_size: int = 0):
     """A ModelBundle of the ``tiny`` preset for Pong, random (perturbed) weights, assembled as
-    ``training.pipeline.run`` assembles it."""
+    ``training.pipeline.run`` assembles it; with ``palette_size``, a palette model whose palette
+    is the start frames' most common colours."""
     from envs.games import get_game
     from worldmodel.bundle import ModelBundle
     from worldmodel.config import get_preset, update_dataclass
-    from worldmodel.dynamics import DynamicsModel
+    from worldmodel.dynamics import DynamicsModel, most_common_colours
     from worldmodel.reward_model import RewardEndModel
     from worldmodel.tokenizer import build_tokenizer
 
     spec = get_game("pong")
     m = get_preset("tiny")
     m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
-                                                   tokens_per_frame=m.tokenizer.tokens_per_frame),
-                                  where="model.dynamics")
+                                                   tokens_per_frame=m.tokenizer.tokens_per_frame,
+                                                   palette_size=palette_size), where="model.dynamics")
     torch.manual_seed(seed)
     dynamics = perturb_(DynamicsModel(m.dynamics), seed=seed)
+    if palette_size:
+        dynamics.set_palette(most_common_colours(start_frames, palette_size))
     reward_cfg = update_dataclass(m.reward, dict(num_actions=spec.num_actions), where="model.reward")
     bundle = ModelBundle(
         game=spec.name, action_meanings=list(spec.action_meanings), keymap=dict(spec.keymap),

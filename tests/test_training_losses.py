@@ -8,7 +8,7 @@ import torch
 
 from recorders.dataset import Episode, WindowSampler
 from training.loops import dynamics_loss_fn
-from worldmodel.config import TokenizerConfig
+from worldmodel.config import DynamicsConfig, TokenizerConfig
 from worldmodel.tokenizer import build_tokenizer, frames_to_tensor, tensor_to_frames
 
 FRAMES, SIZE = 6, 16
@@ -19,6 +19,7 @@ class SpyDynamics(torch.nn.Module):
 
     def __init__(self, answer: torch.Tensor):
         super().__init__()
+        self.cfg = DynamicsConfig(token_dim=answer.shape[-1], tokens_per_frame=answer.shape[0])
         self.answer = answer                   # (N, D) tokens every frame is predicted as
         self.scale = torch.nn.Parameter(torch.ones(()))
         self.calls: list[dict] = []

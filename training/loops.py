@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as tdist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from recorders.dataset import WindowSampler, stack_windows
@@ -396,6 +397,9 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                      scheduled_sampling: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
+    The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
+    palette (``cfg.palette_size``) the cross-entropy of each pixel's nearest palette colour.
+
     Slot 0 of a window has no past and only serves as context.
 
     Args:
@@ -434,7 +438,14 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         inputs = own_frames(dyn, x0, actions) if scheduled_sampling > 0 else x0
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
-        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=_previous_frames(inputs))
+        palette = dyn.cfg.palette_size
+        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=_previous_frames(inputs),
+                   **({"logits": True} if palette else {}))
+        if palette:   # cross-entropy of each pixel's palette colour; weights per pixel
+            w = w[..., ::3]                                                      # (B, T, N, P): (p q c) layout
+            err = F.cross_entropy(pred.flatten(0, -2), dyn.palette_targets(x0).flatten(),
+                                  reduction="none").view_as(w) * w
+            return err[:, 1:].sum() / w[:, 1:].sum(), {}
         err = (pred.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
         return frame_loss, {}

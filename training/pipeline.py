@@ -36,7 +36,7 @@ from training.train_state import has_state, load_trained
 from worldmodel.bundle import ModelBundle, load
 from worldmodel.config import ModelPreset, get_preset, to_dict, update_dataclass
 from worldmodel.device import resolve_device
-from worldmodel.dynamics import DynamicsModel
+from worldmodel.dynamics import DynamicsModel, most_common_colours
 from worldmodel.lam import LatentActionModel
 from worldmodel.reward_model import RewardEndModel
 from worldmodel.tokenizer import build_tokenizer
@@ -250,6 +250,11 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                          conv_amp)
 
     dynamics = DynamicsModel(m.dynamics).to(device)
+    if m.dynamics.palette_size:   # a warm start or a snapshot brings its own palette
+        if m.tokenizer.kind != "patch":
+            raise ValueError(f"model.dynamics.palette_size needs the patch tokenizer, not {m.tokenizer.kind!r}")
+        dynamics.set_palette(most_common_colours(np.concatenate([e.frames[::10] for e in episodes]),
+                                                 m.dynamics.palette_size))
     metrics["dynamics_params"] = sum(p.numel() for p in dynamics.parameters())
     log(f"dynamics model: {metrics['dynamics_params'] / 1e6:.2f}M parameters; bf16 autocast: {amp}")
     gen = torch.Generator(device).manual_seed(distributed.seed(cfg.seed + 4))
@@ -302,6 +307,11 @@ def _bundle_part(bundle: ModelBundle, name: str) -> tuple[torch.nn.Module | None
             "dynamics": (bundle.dynamics, bundle.dynamics_config)}[name]
 
 
+HEAD_FIELDS = {"dynamics": {"palette_size"}}
+"""Config fields that change only a model's output head: a warm start across them copies the
+rest of the weights and starts the head fresh."""
+
+
 def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> bool:
     """Copy a bundle's weights of stage ``name`` into ``module``.
 
@@ -317,11 +327,19 @@ def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: 
         return False
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if diff:
-        raise ValueError(f"init_from: the bundle's {name} differs in {diff[0]} ({theirs.get(diff[0])!r} there, "
-                         f"{mine[diff[0]]!r} here)")
-    module.load_state_dict(source.state_dict())
-    print(f"[{name}] warm start from the init_from bundle")
+    if set(diff) - HEAD_FIELDS.get(name, set()):
+        bad = sorted(set(diff) - HEAD_FIELDS.get(name, set()))[0]
+        raise ValueError(f"init_from: the bundle's {name} differs in {bad} ({theirs.get(bad)!r} there, "
+                         f"{mine[bad]!r} here)")
+    if not diff:
+        module.load_state_dict(source.state_dict())
+        print(f"[{name}] warm start from the init_from bundle")
+        return True
+    own, given = module.state_dict(), source.state_dict()
+    fresh = sorted(k for k in own if k not in given or given[k].shape != own[k].shape)
+    module.load_state_dict({k: own[k] if k in fresh else given[k] for k in own})
+    print(f"[{name}] warm start from the init_from bundle except its output head ({', '.join(diff)} differ): "
+          f"{', '.join(fresh)} start fresh")
     return True
 
 

@@ -142,6 +142,14 @@ class DynamicsConfig:
             generated frame at inference), so an untrained model copies the last frame and
             training spends its effort on what moves. Bundles written before this option
             have it off.
+        palette_size: 0: the model regresses each frame's tokens (mean squared error). K > 0:
+            with a patch tokenizer, the model classifies every pixel into a palette of the K
+            most common colours of the training frames, trained with cross-entropy (the
+            categorical x0-parameterisation of CDCD, Dieleman et al. 2022, "Continuous
+            diffusion for categorical data"), and a frame is the most likely colour of each
+            pixel: sharp objects where a regression predicts their blurred mean. With
+            ``prev_skip`` a learned bias favours each pixel's previous colour, so an untrained
+            model copies the last frame.
     """
 
     width: int = 192
@@ -154,10 +162,16 @@ class DynamicsConfig:
     tokens_per_frame: int = 64
     rope_base: float = 10_000.0
     prev_skip: bool = True
+    palette_size: int = 0
 
     def __post_init__(self):
         check_positive(self, "width", "depth", "heads", "context_frames", "num_actions", "token_dim",
                        "tokens_per_frame")
+        if self.palette_size < 0 or self.palette_size == 1:
+            raise ValueError(f"palette_size must be 0 (regression) or >= 2 colours, got {self.palette_size}")
+        if self.palette_size and self.token_dim % 3:
+            raise ValueError(f"palette_size needs tokens of RGB pixels (a patch tokenizer): token_dim {self.token_dim} "
+                             f"is not a multiple of 3")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         head_dim = self.width // self.heads

@@ -9,6 +9,10 @@ and to every earlier frame (block-causal attention); positions enter as a 3-D ro
 embedding over (frame, row, column) (Su et al. 2021, RoFormer), so a rolling KV cache with
 absolute frame indices stays correct however long the rollout.
 
+With ``cfg.palette_size = K`` the model's output is a categorical distribution over a
+palette of K colours for every pixel (CDCD's categorical x0-parameterisation, Dieleman et al.
+2022) and a frame is each pixel's most likely colour; see :class:`DynamicsModel`.
+
 Rewards and episode ends are predicted by a separate model on pixels
 (:mod:`worldmodel.reward_model`).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -84,20 +89,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
                 cache: KVCache | None, layer: int, write_tokens: int) -> torch.Tensor:
-        """``x (B, L, D)`` -> ``(B, L, D)``; ``mask (B, 1, L, S + L)`` bool, True = attend.
+        """``x (B, L, D)`` -> ``(B, L, D)``; ``mask (B, 1, L, S + L)``: bool, True = attend, or
+        additive float (0 or -inf).
 
         The keys and values of the first ``write_tokens`` of the ``L`` tokens go into ``cache``
         (after this pass has read the cache as it was)."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if cache is not None:
-            k_all = torch.cat([cache.k[layer], k], dim=2)
-            v_all = torch.cat([cache.v[layer], v], dim=2)
-            if write_tokens:
-                cache.write(layer, k[:, :, :write_tokens], v[:, :, :write_tokens])
-        else:
-            k_all, v_all = k, v
-        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        k_all, v_all = (k, v) if cache is None else cache.keys_and_values(layer, k, v)
+        y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=mask)
+        if write_tokens:
+            cache.write(layer, k[:, :, :write_tokens], v[:, :, :write_tokens])
         return self.proj(rearrange(y, "b h l d -> b l (h d)"))
 
 
@@ -152,6 +154,34 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+def most_common_colours(frames: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` most frequent colours of ``frames (..., 3) uint8``, most frequent first.
+
+    Returns:
+        ``(count, 3)`` uint8; padded with black when the frames hold fewer colours.
+
+    Raises:
+        ValueError: ``frames`` is not uint8 with a last axis of 3.
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim < 2 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (..., 3), got {frames.dtype} {frames.shape}")
+    flat = frames.reshape(-1, 3).astype(np.int64)
+    keys, counts = np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2], return_counts=True)
+    top = keys[np.argsort(-counts, kind="stable")][:count]
+    colours = np.stack([(top >> 16) & 255, (top >> 8) & 255, top & 255], axis=1).astype(np.uint8)
+    return np.concatenate([colours, np.zeros((count - len(colours), 3), np.uint8)])
+
+
+def palette_distances(pixels: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Squared RGB distances ``(..., P, K)`` of pixels ``(..., P*3)`` (patch-token layout, [-1, 1]) to
+    the palette ``(K, 3)`` ([-1, 1])."""
+    rgb = pixels.unflatten(-1, (-1, 3)).float()                                       # (..., P, 3)
+    palette = palette.float()
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: a matrix product, no (..., P, K, 3) intermediate.
+    return (rgb.pow(2).sum(-1, keepdim=True) - 2 * rgb @ palette.T + palette.pow(2).sum(-1)).clamp_min(0)
+
+
 def context_window_mask(query_frames: torch.Tensor, key_frames: torch.Tensor, context_frames: int) -> torch.Tensor:
     """Which keys each query may attend, by absolute frame index.
 
@@ -178,6 +208,12 @@ class DynamicsModel(nn.Module):
     Args:
         cfg: sizes; ``cfg.num_actions`` is the conditioning vocabulary, index
             ``cfg.num_actions`` is "no action".
+
+    With ``cfg.palette_size = K`` the model holds its palette (buffer ``palette (K, 3)``, in
+    [-1, 1], set by :meth:`set_palette`) and scores every pixel's K colours; with ``prev_skip``
+    the learned ``copy_bias`` (5 at first: the previous colour is 5 nats ahead) is added to the
+    score of each pixel's colour in the previous frame (its nearest palette colour), the
+    categorical form of predicting a correction of the previous frame.
     """
 
     def __init__(self, cfg: DynamicsConfig):
@@ -192,7 +228,11 @@ class DynamicsModel(nn.Module):
         # attention can use it from the first layer on (adaLN gates start closed).
         self.action_in = nn.Embedding(cfg.num_actions + 1, d)
         self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
-        self.final = FinalLayer(d, cfg.token_dim)
+        self.pixels_per_token = cfg.token_dim // 3
+        if cfg.palette_size:
+            self.register_buffer("palette", torch.zeros(cfg.palette_size, 3))
+            self.copy_bias = nn.Parameter(torch.tensor(5.0))
+        self.final = FinalLayer(d, self.pixels_per_token * cfg.palette_size if cfg.palette_size else cfg.token_dim)
         self._init_weights()
         self._register_load_state_dict_pre_hook(_drop_legacy_heads)
 
@@ -212,14 +252,32 @@ class DynamicsModel(nn.Module):
         if self.cfg.prev_skip:  # start as "repeat the previous frame" (DiT zero-inits this layer too)
             nn.init.zeros_(self.final.linear.weight)
 
+    def set_palette(self, colours: np.ndarray | torch.Tensor) -> None:
+        """Set the palette of a ``palette_size`` model from ``colours (K, 3) uint8``.
+
+        Raises:
+            ValueError: the model has no palette, or ``colours`` is not ``(palette_size, 3)``.
+        """
+        colours = torch.as_tensor(np.asarray(colours))
+        if not self.cfg.palette_size or colours.shape != (self.cfg.palette_size, 3):
+            raise ValueError(f"expected ({self.cfg.palette_size}, 3) colours for this model's palette, got "
+                             f"{tuple(colours.shape)}" + ("" if self.cfg.palette_size else " (palette_size is 0)"))
+        self.palette.copy_(colours.float().div(127.5).sub(1.0))
+
+    def palette_targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each pixel's nearest palette colour: tokens ``(..., token_dim)`` -> ``(..., P)`` int64."""
+        return palette_distances(tokens, self.palette).argmin(-1)
+
     @property
     def head_dim(self) -> int:
         return self.cfg.width // self.cfg.heads
 
-    def new_cache(self, batch: int, *, device=None, dtype=torch.float32) -> KVCache:
-        """An empty KV cache holding ``context_frames - 1`` past frames."""
+    def new_cache(self, batch: int, *, device=None, dtype=torch.float32, pass_frames: int = 2) -> KVCache:
+        """An empty KV cache holding ``context_frames - 1`` past frames, with room behind them for
+        the keys and values of ``pass_frames`` new frames (:class:`~worldmodel.kv_cache.KVCache`)."""
         return KVCache(depth=self.cfg.depth, batch=batch, heads=self.cfg.heads, slots=self.cfg.context_frames - 1,
-                       tokens_per_frame=self.cfg.tokens_per_frame, head_dim=self.head_dim, device=device, dtype=dtype)
+                       tokens_per_frame=self.cfg.tokens_per_frame, head_dim=self.head_dim, device=device, dtype=dtype,
+                       pass_frames=pass_frames)
 
     def token_positions(self, positions: torch.Tensor) -> torch.Tensor:
         """Frame indices ``(B, F)`` -> per-token (frame, row, column) ``(B, F*N, 3)``."""
@@ -242,7 +300,7 @@ class DynamicsModel(nn.Module):
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 write: int = 0, prev_tokens: torch.Tensor | None = None,
-                skip_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                skip_tokens: torch.Tensor | None = None, logits: bool = False) -> torch.Tensor:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Each frame attends to itself, to the earlier new frames and to the cached frames
@@ -264,9 +322,12 @@ class DynamicsModel(nn.Module):
             skip_tokens: ``(B, F, N, D_tok)`` the CLEAN tokens of each frame's previous frame,
                 which ``cfg.prev_skip`` adds to the prediction (zeros when ``None``). Training
                 passes the real previous frames, the Simulator the previous generated frame.
+            logits: with a palette, return the colour scores instead of the tokens.
 
         Returns:
-            ``(B, F, N, D_tok)`` the predicted clean tokens of the ``F`` frames.
+            ``(B, F, N, D_tok)`` the predicted clean tokens of the ``F`` frames (with a palette:
+            each pixel's most likely colour), or with ``logits`` ``(B, F, N, P, K)`` float
+            scores of the K palette colours for the ``P`` pixels of each token.
         """
         b, f, n, _ = tokens.shape
         if positions is None:
@@ -282,15 +343,30 @@ class DynamicsModel(nn.Module):
         query_frames = token_pos[..., 0]                                            # (B, F*N)
         key_frames = query_frames if cache is None else torch.cat([cache.token_frames(), query_frames], dim=1)
         mask = context_window_mask(query_frames, key_frames, self.cfg.context_frames)   # (B, 1, L, S + L)
+        if cache is not None:  # additive, made once here rather than by attention in every layer
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         write_tokens = min(write, cache.slots) * n if cache is not None else 0
         for i, blk in enumerate(self.blocks):
             x = blk(x, c, rope, mask, cache, i, write_tokens)
         if write_tokens:
             cache.commit(positions[:, :write_tokens // n])
         x0 = self.final(x, c)
+        if self.cfg.palette_size:
+            return self._palette_output(x0, skip_tokens, logits)
         if self.cfg.prev_skip and skip_tokens is not None:
             x0 = x0 + skip_tokens.to(x0.dtype)
         return x0
+
+    def _palette_output(self, head: torch.Tensor, skip_tokens: torch.Tensor | None, logits: bool) -> torch.Tensor:
+        """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens of the argmax colours."""
+        scores = head.float().unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
+        if self.cfg.prev_skip and skip_tokens is not None:
+            previous = self.palette_targets(skip_tokens)                                # (B, F, N, P)
+            colours = torch.arange(self.cfg.palette_size, device=scores.device)
+            scores = scores + self.copy_bias * (previous[..., None] == colours).to(scores.dtype)
+        if logits:
+            return scores
+        return self.palette[scores.argmax(-1)].flatten(-2).to(head.dtype)            # (B, F, N, P*3)
 
 
 def _drop_legacy_heads(state_dict, prefix, *args) -> None:

@@ -20,18 +20,23 @@ class KVCache:
         tokens_per_frame: tokens per frame N.
         head_dim: per-head width.
         device, dtype: where and how the tensors live.
+        pass_frames: new frames a pass may carry without copying the cache: behind the ring,
+            each layer's buffer has room for their keys and values, so that attention reads
+            ring and new frames as one view (:meth:`keys_and_values`); a longer pass concatenates.
 
     Attributes:
-        k, v: ``(depth, B, H, slots * N, head_dim)``.
+        k, v: ``(depth, B, H, slots * N, head_dim)`` views of the ring.
         frame_pos: ``(B, slots)`` int64 absolute frame index per slot, -1 if empty.
     """
 
     def __init__(self, *, depth: int, batch: int, heads: int, slots: int, tokens_per_frame: int, head_dim: int,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, pass_frames: int = 2):
         self.depth, self.batch, self.slots, self.tokens_per_frame = depth, batch, slots, tokens_per_frame
-        shape = (depth, batch, heads, slots * tokens_per_frame, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        ring = slots * tokens_per_frame
+        shape = (depth, batch, heads, ring + pass_frames * tokens_per_frame, head_dim)
+        self._k = torch.zeros(shape, device=device, dtype=dtype)
+        self._v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k, self.v = self._k[:, :, :, :ring], self._v[:, :, :, :ring]
         self.frame_pos = torch.full((batch, slots), -1, dtype=torch.long, device=device)
         self.next_slot = 0
 
@@ -46,6 +51,17 @@ class KVCache:
     def token_frames(self) -> torch.Tensor:
         """``(B, slots * N)`` int64: the frame index of each cached token (-1: empty slot)."""
         return self.frame_pos.repeat_interleave(self.tokens_per_frame, dim=1)
+
+    def keys_and_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ring's keys and values of ``layer`` followed by a pass's own ``k, v (B, H, L, Dh)``:
+        ``(B, H, slots * N + L, Dh)`` each, views of the buffers when the pass fits behind the
+        ring (the cost of copying ``L`` tokens, not the whole ring). Valid until the next call."""
+        ring, end = self.k.shape[3], self.k.shape[3] + k.shape[2]
+        if end > self._k.shape[3]:
+            return torch.cat([self.k[layer], k.to(self.k.dtype)], dim=2), torch.cat([self.v[layer], v.to(self.v.dtype)], dim=2)
+        self._k[layer, :, :, ring:end] = k
+        self._v[layer, :, :, ring:end] = v
+        return self._k[layer, :, :, :end], self._v[layer, :, :, :end]
 
     def write_index(self, frames: int) -> torch.Tensor:
         """Token indices the next ``frames`` frames (at most ``slots``) are written to."""
@@ -74,4 +90,4 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return self._k.numel() * self._k.element_size() * 2

@@ -71,6 +71,9 @@ class _GraphCache:
     def token_frames(self) -> torch.Tensor:
         return self._frames
 
+    def keys_and_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.new_k.append(k)
         self.new_v.append(v)

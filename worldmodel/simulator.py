@@ -56,7 +56,8 @@ class Simulator:
         self.quantize = model.sampler.quantize_frames and model.tokenizer_config.kind == "patch"
         self.change_threshold = model.sampler.change_threshold
         self.generator = torch.Generator(self.device).manual_seed(seed)
-        self.cache = model.dynamics.new_cache(batch_size, device=self.device)
+        # The onnx graph takes the ring as an input: no room behind it, so it stays one contiguous block.
+        self.cache = model.dynamics.new_cache(batch_size, device=self.device, pass_frames=0 if self._onnx else 2)
         tc = model.tokenizer_config
         self.frame_shape = (tc.frame_size, tc.frame_size, 3)
         self.token_shape = (tc.tokens_per_frame, tc.token_dim)
