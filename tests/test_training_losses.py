@@ -44,11 +44,11 @@ def setup():
     return episode, tokenizer, answer, answer_frame
 
 
-def _loss(episode, tokenizer, dyn, probability, seed=0):
+def _loss(episode, tokenizer, dyn, probability, seed=0, stale=0.0):
     sampler = WindowSampler([episode], FRAMES, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = dynamics_loss_fn(sampler, 2, torch.device("cpu"), tokenizer, moving_weight=0.0, generator=gen,
-                               scheduled_sampling=probability)
+                               scheduled_sampling=probability, stale_pixels=stale)
     return loss_fn(dyn), sampler
 
 
@@ -89,8 +89,26 @@ def test_scheduled_sampling_swaps_in_the_models_own_rounded_frames(setup):
     assert dyn.scale.grad is not None
 
 
-def test_scheduled_sampling_probability_is_checked():
+def test_stale_pixels_come_from_one_to_three_frames_earlier_and_targets_stay_real(setup):
+    episode, tokenizer, answer, _ = setup
+    dyn = SpyDynamics(answer)
+    (loss, _), _ = _loss(episode, tokenizer, dyn, 0.0, stale=0.3)
+    real_frames = torch.as_tensor(WindowSampler([episode], FRAMES, seed=0).sample(2)["frames"])   # (B, T, H, W, 3)
+    fed = tensor_to_frames(tokenizer.decode(dyn.calls[0]["skip"][:, 1:]))   # inputs 0..T-2, as the skip base
+    same = (fed == real_frames[:, :-1]).all(-1)                             # (B, T-1, H, W)
+    assert 0.55 < same[:, 1:].float().mean() < 0.85                         # about 30% drawn (random frames differ)
+    assert same[:, 0].all()                                                 # the first frame has nothing earlier
+    for t in range(1, FRAMES - 1):
+        earlier = torch.stack([real_frames[:, max(t - k, 0)] for k in (1, 2, 3)])   # (3, B, H, W, 3)
+        from_earlier = (fed[:, t] == earlier).all(-1).any(0)
+        assert (same[:, t] | from_earlier).all()                            # every pixel real or stale
+    real = tokenizer.encode(frames_to_tensor(real_frames))
+    torch.testing.assert_close(loss, (answer - real[:, 1:]).pow(2).mean(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["scheduled_sampling", "stale_pixels"])
+def test_training_probabilities_are_checked(name):
     from training.pipeline import build_config
 
-    with pytest.raises(ValueError, match="scheduled_sampling must be a probability"):
-        build_config({"game": "pong", "preset": "tiny", "scheduled_sampling": 1.5})
+    with pytest.raises(ValueError, match=f"{name} must be a probability"):
+        build_config({"game": "pong", "preset": "tiny", name: 1.5})

@@ -394,7 +394,7 @@ def _previous_frames(tokens: torch.Tensor) -> torch.Tensor:
 
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
-                     scheduled_sampling: float = 0.0):
+                     scheduled_sampling: float = 0.0, stale_pixels: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -412,7 +412,22 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             training on whole rollouts, as in Self Forcing, Huang et al. 2025). The targets stay
             the real frames, so the model learns to correct its own errors instead of building
             on them. Costs one extra forward pass without gradients per step; 0 = off.
+        stale_pixels: probability that a pixel of an input frame shows what the same pixel
+            showed 1 to 3 frames earlier (the targets stay the real frames): a static pixel
+            does not change, a moving object leaves the stale pixels a dream leaves when it
+            fails to erase where an object was, and the model learns to erase them (noise
+            on the context frames, Diffusion Forcing's remedy for drift, in the form the
+            dream's errors take); 0 = off.
     """
+
+    def stale(x: torch.Tensor) -> torch.Tensor:
+        """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
+        b, t, _, h, w = x.shape
+        back = torch.randint(1, 4, (b, t, 1, h, w), generator=generator, device=device)
+        source = (torch.arange(t, device=device)[None, :, None, None, None] - back).clamp(min=0)
+        earlier = torch.gather(x, 1, source.expand_as(x))
+        pick = torch.rand((b, t, 1, h, w), generator=generator, device=device) < stale_pixels
+        return torch.where(pick, earlier, x)
 
     def own_frames(dyn: DynamicsModel, x0, actions):
         """``x0`` with frames swapped for the model's own one-pass predictions, as the dream would show them."""
@@ -435,7 +450,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
-        inputs = own_frames(dyn, x0, actions) if scheduled_sampling > 0 else x0
+        inputs = tokenizer.encode(stale(x)).float() if stale_pixels > 0 else x0
+        inputs = own_frames(dyn, inputs, actions) if scheduled_sampling > 0 else inputs
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size

@@ -63,6 +63,9 @@ class PipelineConfig:
         scheduled_sampling: probability that a dynamics training frame is replaced, as
             context, by the model's own prediction of it (0 = teacher forcing only; see
             :func:`training.loops.dynamics_loss_fn`).
+        stale_pixels: probability that a pixel of a dynamics training input shows what it
+            showed 1-3 frames earlier, targets unchanged (0 = off; see
+            :func:`training.loops.dynamics_loss_fn`).
         start_windows: real start windows stored in the bundle.
         init_from: warm start: a bundle (shipped name or directory) whose weights initialise
             each stage that has no snapshot of its own yet, so quality can grow over several
@@ -83,6 +86,7 @@ class PipelineConfig:
     stages: tuple[str, ...] = STAGES
     moving_weight: float = 20.0
     scheduled_sampling: float = 0.0
+    stale_pixels: float = 0.0
     start_windows: int = 32
     init_from: str | None = None
     progress: bool = True
@@ -111,8 +115,9 @@ def build_config(values: dict) -> PipelineConfig:
     bad = set(cfg.stages) - set(STAGES)
     if bad:
         raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {STAGES}")
-    if not 0.0 <= cfg.scheduled_sampling <= 1.0:
-        raise ValueError(f"scheduled_sampling must be a probability in [0, 1], got {cfg.scheduled_sampling!r}")
+    for name in ("scheduled_sampling", "stale_pixels"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
     model = get_preset(cfg.preset)
     parts = ("tokenizer", "lam", "reward", "dynamics", "sampler")
     for part in parts:
@@ -261,7 +266,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     trained = stage("dynamics", dynamics, m.dynamics,
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
                                                  moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
-                                                 generator=gen, scheduled_sampling=cfg.scheduled_sampling),
+                                                 generator=gen, scheduled_sampling=cfg.scheduled_sampling,
+                                                 stale_pixels=cfg.stale_pixels),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
         if cfg.export or "evaluate" in cfg.stages:
