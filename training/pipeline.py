@@ -333,8 +333,9 @@ def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: 
         return False
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if set(diff) - HEAD_FIELDS.get(name, set()):
-        bad = sorted(set(diff) - HEAD_FIELDS.get(name, set()))[0]
+    beyond_head = sorted(set(diff) - HEAD_FIELDS.get(name, set()))
+    if beyond_head:
+        bad = beyond_head[0]
         raise ValueError(f"init_from: the bundle's {name} differs in {bad} ({theirs.get(bad)!r} there, "
                          f"{mine[bad]!r} here)")
     if not diff:
