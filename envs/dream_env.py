@@ -48,7 +48,8 @@ class DreamEnv(gym.Env):
     Action Space:
         ``Discrete(n)`` with the real game's actions (``action_meanings`` in the bundle);
         for Pong: 0 NOOP, 1 FIRE, 2 RIGHT (paddle up), 3 LEFT (paddle down), 4 RIGHTFIRE,
-        5 LEFTFIRE.
+        5 LEFTFIRE. A ``conditioning="latent"`` checkpoint takes the same actions through its
+        key-to-code map, or without one ``Discrete(codes)``, its latent codes.
 
     Observation Space:
         ``Box(0, 255, (64, 64, 3), uint8)``: the same frames as ``envs.make(game)``.
@@ -82,7 +83,7 @@ class DreamEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": self.model.fps}
         size = self.model.tokenizer_config.frame_size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
-        self.action_space = gym.spaces.Discrete(self.model.num_actions)
+        self.action_space = gym.spaces.Discrete(self.model.control_actions)
         self.sim = Simulator(self.model, batch_size=1, backend=backend, sampling_steps=sampling_steps)
         self._frame: np.ndarray | None = None
 
@@ -101,7 +102,7 @@ class DreamEnv(gym.Env):
             raise ValueError(f"action {action!r} is not in {self.action_space}")
         if self._frame is None:
             raise RuntimeError("call reset() before step()")
-        frames, rewards, terminated = self.sim.step(np.array([int(action)], np.int64))
+        frames, rewards, terminated = self.sim.step(self.model.to_conditioning([int(action)]))
         self._frame = frames[0]
         return self._frame.copy(), float(rewards[0]), bool(terminated[0]), False, {}
 

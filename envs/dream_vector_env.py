@@ -30,7 +30,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     Action Space:
         ``MultiDiscrete([n] * num_envs)``; ``single_action_space`` is the real game's
         ``Discrete(n)`` (for Pong: 0 NOOP, 1 FIRE, 2 RIGHT (up), 3 LEFT (down), 4 RIGHTFIRE,
-        5 LEFTFIRE). Numpy arrays, lists or torch tensors of shape ``(num_envs,)``.
+        5 LEFTFIRE). Numpy arrays, lists or torch tensors of shape ``(num_envs,)``. A
+        ``conditioning="latent"`` checkpoint takes the same actions through its key-to-code
+        map, or without one its latent codes (``n`` = the LAM's code count).
 
     Observation Space:
         ``Box(0, 255, (num_envs, 64, 64, 3), uint8)``; ``single_observation_space`` is the
@@ -89,7 +91,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self.metadata = {**self.metadata, "render_fps": self.model.fps}
         size = self.model.tokenizer_config.frame_size
         self.single_observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
-        self.single_action_space = gym.spaces.Discrete(self.model.num_actions)
+        self.single_action_space = gym.spaces.Discrete(self.model.control_actions)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.sim = Simulator(self.model, batch_size=num_envs, backend=backend, sampling_steps=sampling_steps)
@@ -161,7 +163,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         if self._frames is None:
             raise RuntimeError("call reset() before step()")
         acts = self._check_actions(actions)
-        frames, rewards, terminated = self.sim.step(acts)
+        frames, rewards, terminated = self.sim.step(self.model.to_conditioning(acts))
         self._frames = frames
         self._elapsed += 1
         rewards = rewards.astype(np.float64)

@@ -2,8 +2,10 @@
 
 A checkpoint trained on real actions (``conditioning="actions"``) is played with the game's
 key map. A checkpoint whose dynamics are conditioned on latent-action codes
-(``conditioning="latent"``, Genie's set-up) is played with the digit keys: pressing ``k``
-chooses code ``k``, which is then held on every step until another digit is pressed.
+(``conditioning="latent"``, Genie's set-up) is played with the game's keys through its
+key-to-code map (``ModelBundle.action_codes``, fitted on a few labelled steps) when it has
+one, or with the digit keys: pressing ``k`` chooses code ``k``, which is then held on every
+step until another digit is pressed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ DIGIT_KEYS = tuple(str(d) for d in range(10))
 
 
 class KeymapControls:
-    """The game's key map: held keys -> action id (``GameSpec.action_for_keys``).
+    """The game's key map: held keys -> action id (``GameSpec.action_for_keys``), for a latent
+    checkpoint through its key-to-code map (``ModelBundle.to_conditioning``).
 
     Args:
         model: the checkpoint bundle, whose key map is used.
@@ -24,11 +27,11 @@ class KeymapControls:
     latent = False
 
     def __init__(self, model: ModelBundle):
-        self.spec = model.game_spec
+        self.model, self.spec = model, model.game_spec
 
     def action(self, held: set[str]) -> int:
-        """The action for the held key names."""
-        return self.spec.action_for_keys(held)
+        """What the dynamics model is conditioned on for the held key names."""
+        return int(self.model.to_conditioning(self.spec.action_for_keys(held)))
 
     def press(self, key: str) -> str | None:
         """A key went down; the key map needs no edge events, so there is nothing to report."""
@@ -110,10 +113,11 @@ def make_controls(model: ModelBundle, *, num_codes: int, latent_keys: bool | Non
         model: the checkpoint bundle.
         num_codes: the dynamics model's conditioning vocabulary (``Simulator.num_actions``).
         latent_keys: ``True`` asks for latent-code digit keys, ``False`` for the game's key
-            map, ``None`` takes what the checkpoint's ``conditioning`` needs.
+            map, ``None`` takes the key map where the checkpoint can use it.
 
     Returns:
-        :class:`LatentCodeControls` for a ``"latent"`` checkpoint, else :class:`KeymapControls`.
+        :class:`LatentCodeControls` for a ``"latent"`` checkpoint without a key-to-code map
+        (or with ``latent_keys``), else :class:`KeymapControls`.
 
     Raises:
         ValueError: ``latent_keys`` contradicts the checkpoint's conditioning (the message
@@ -127,9 +131,10 @@ def make_controls(model: ModelBundle, *, num_codes: int, latent_keys: bool | Non
         raise ValueError(f"latent_keys=true needs a checkpoint conditioned on latent-action codes, but this "
                          f"{model.game!r} checkpoint has conditioning={conditioning!r}; play it with the game's keys "
                          f"(latent_keys=null)")
-    if latent_keys is False and conditioning == "latent":
-        raise ValueError(f"this {model.game!r} checkpoint has conditioning='latent': its dynamics take latent-action "
-                         f"codes, not the game's actions, so it is played with the digit keys (latent_keys=null)")
-    if conditioning == "latent":
+    keymap = conditioning == "actions" or model.action_codes is not None
+    if latent_keys is False and not keymap:
+        raise ValueError(f"this {model.game!r} checkpoint has conditioning='latent' and no key-to-code map: its "
+                         f"dynamics take latent-action codes, so it is played with the digit keys (latent_keys=null)")
+    if latent_keys or not keymap:
         return LatentCodeControls(num_codes)
     return KeymapControls(model)

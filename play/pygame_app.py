@@ -1,7 +1,8 @@
 """The pygame front-end: the dream scaled up in a window, keyboard in, HUD on top.
 
-Keys: the game's key map (Pong: Up/W and Down/S move the paddle, Space is FIRE), or the
-digit keys choosing a latent-action code for a ``conditioning="latent"`` checkpoint;
+Keys: the game's key map (Pong: Up/W and Down/S move the paddle, Space is FIRE; for a
+``conditioning="latent"`` checkpoint through its key-to-code map), or the digit keys choosing a
+latent-action code for a latent checkpoint without a map (or with ``latent_keys=True``);
 H or F1 shows every key, P pauses, R restarts the dream from real frames, Tab re-syncs the
 dream to the real game (side-by-side mode), Esc quits.
 
@@ -51,7 +52,8 @@ class WindowConfig:
             Tab re-syncs the dream to the real game's latest frames.
         latent_keys: ``True``: choose latent-action codes with the digit keys (needs a
             ``conditioning="latent"`` checkpoint); ``False``: the game's key map (needs an
-            ``"actions"`` checkpoint); ``None``: what the checkpoint needs.
+            ``"actions"`` checkpoint or a latent one with a key-to-code map); ``None``: the
+            key map where the checkpoint has one, else the digit keys.
         record: what to write as dataset episodes: ``"dream"``, ``"real"`` (needs
             ``side_by_side``), ``"both"`` or ``None``.
         record_out: dataset root; the dream's episodes go to ``<record_out>/dream``, the real
@@ -151,7 +153,7 @@ class PygameApp:
         if cfg.side_by_side:
             if model.game not in GAMES:
                 raise ValueError(f"side_by_side needs the real game, but {model.game!r} is not one of {sorted(GAMES)}")
-            if self.controls.latent and model.lam is None:
+            if model.conditioning == "latent" and model.lam is None:
                 raise ValueError(f"side_by_side with this {model.game!r} checkpoint (conditioning='latent') needs its "
                                  f"latent-action model to label the real frames when re-syncing; it has none")
         self.script = parse_key_script(cfg.keys) if cfg.headless else None
@@ -193,7 +195,7 @@ class PygameApp:
                     policy="human (pygame)")
         if side == "real":
             meta.update(action_meanings=list(spec.action_meanings), sticky_actions=0.0, env_id=spec.env_id)
-        elif self.controls.latent:
+        elif model.conditioning == "latent":
             meta.update(action_meanings=[f"latent_{k}" for k in range(self.session.sim.num_actions)],
                         conditioning="latent")
         else:
@@ -240,7 +242,7 @@ class PygameApp:
             self.message = "Tab re-syncs the dream to the real game in side-by-side mode (side_by_side=true)"
             return
         frames, actions = self.real.history()
-        if self.controls.latent:
+        if self.session.model.conditioning == "latent":
             from worldmodel.latent_actions import infer_latent_actions
 
             actions = infer_latent_actions(self.session.model, frames) if len(frames) > 1 else actions

@@ -251,7 +251,7 @@ class RemotePlayer:
 
     def step_png(self, action: int) -> bytes:
         """One model step with ``action``; the new frame as PNG (runs in a worker thread)."""
-        result = self.session.step(action)
+        result = self.session.step(int(self.session.model.to_conditioning(action)))
         self.applied = action
         self.terminated = self.terminated or result.terminated
         return encode_png(result.frame)
@@ -400,7 +400,7 @@ class DreamServer:
         """Apply the client's messages; answer bad ones with an error and go on."""
         async for message in player.ws:
             try:
-                msg = parse_client_message(message, num_actions=self.model.num_actions,
+                msg = parse_client_message(message, num_actions=self.model.control_actions,
                                            max_bytes=self.cfg.max_message_bytes)
             except ClientMessageError as e:
                 player.errors += 1

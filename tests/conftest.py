@@ -132,3 +132,16 @@ def pong_dataset(tmp_path_factory) -> Path:
     writer = record_pong(root, episodes=2, max_steps=30)
     assert writer.episodes_written == 2
     return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """One end-to-end run of the ``tiny`` pipeline on freshly recorded Pong:
+    ``(root, cfg, metrics)``, the run in ``root / "run"``, its datasets in ``root / "data"`` and
+    ``root / "heldout"``. Tests may read it and copy from it, not change it."""
+    from training.pipeline import build_config, run
+
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = build_config(dict(preset="tiny", out=str(root / "run"), dataset=str(root / "data"),
+                            heldout=str(root / "heldout"), progress=False, start_windows=4))
+    return root, cfg, run(cfg)

@@ -15,15 +15,6 @@ from training.pipeline import build_config, run
 from worldmodel import Simulator
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    cfg = build_config(dict(preset="tiny", out=str(root / "run"), dataset=str(root / "data"),
-                            heldout=str(root / "heldout"), progress=False, start_windows=4))
-    metrics = run(cfg)
-    return root, cfg, metrics
-
-
 def test_build_config_tiny():
     cfg = build_config(dict(preset="tiny", out="x", progress=False))
     assert cfg.model.dynamics.context_frames == 4 and cfg.model.dynamics.width == 64

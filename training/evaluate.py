@@ -37,10 +37,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from recorders.dataset import Episode
 from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
+from worldmodel.tokenizer import frames_to_tensor
 
 #: Error charged to a position read-out when the object is visible in only one of the two
 #: frames (real, dream): the diagonal of a 64x64 frame, so a missing object counts as a miss.
@@ -137,15 +139,47 @@ def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) 
     return out
 
 
-def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,
-                           sampling_steps: int | None = None, prime: int | None = None,
-                           random_actions: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Prime with ``prime`` real frames (default ``context_frames``; the Simulator keeps the
-    newest that fit its window), then step ``horizon`` times with the recorded actions.
+def window_conditioning(model: ModelBundle, frames: np.ndarray, actions: np.ndarray, *,
+                        keymap: bool = False) -> np.ndarray:
+    """What a dream of real windows is conditioned on: the recorded actions, or for a
+    ``"latent"`` bundle the LAM's codes of the frames (Genie's set-up), or with ``keymap`` the
+    recorded actions through the bundle's key-to-code map (what a player's keys would give).
 
     Args:
-        random_actions: step with uniformly random actions instead (same windows and noise
-            seed), for Genie's ΔPSNR.
+        frames: ``(W, T, H, W, 3)`` uint8 windows.
+        actions: ``(W, T-1)`` int64 recorded actions.
+
+    Returns:
+        ``(W, T-1)`` int64.
+
+    Raises:
+        ValueError: a latent bundle without a LAM (or, with ``keymap``, without a key-to-code map).
+    """
+    if model.conditioning != "latent":
+        return actions
+    if keymap:
+        if model.action_codes is None:
+            raise ValueError(f"the {model.game!r} bundle has no key-to-code map (action_codes)")
+        return model.to_conditioning(actions)
+    if model.lam is None:
+        raise ValueError(f"the {model.game!r} bundle is conditioned on latent codes but has no latent-action model")
+    device = next(model.lam.parameters()).device
+    with torch.inference_mode():
+        return model.lam.infer(frames_to_tensor(torch.as_tensor(frames, device=device))).cpu().numpy()
+
+
+def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,
+                           sampling_steps: int | None = None, prime: int | None = None,
+                           random_actions: bool = False, keymap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Prime with ``prime`` real frames (default ``context_frames``; the Simulator keeps the
+    newest that fit its window), then step ``horizon`` times with the recorded actions (for
+    a ``"latent"`` bundle, what :func:`window_conditioning` makes of them).
+
+    Args:
+        random_actions: step with uniformly random actions (or codes) instead (same windows
+            and noise seed), for Genie's ΔPSNR.
+        keymap: a latent bundle steps with the recorded actions through its key-to-code map,
+            not the LAM's codes of the frames.
 
     Returns:
         ``(real, dream)`` uint8 arrays, aligned: ``dream[:, k]`` is the model's frame for
@@ -154,7 +188,7 @@ def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horiz
     ctx = model.dynamics_config.context_frames if prime is None else prime
     data = sample_windows(episodes, ctx + horizon, windows, seed)
     frames = np.stack([f for f, _ in data])                                 # (W, ctx+H, h, w, 3)
-    actions = np.stack([a for _, a in data])                                # (W, ctx+H-1)
+    actions = window_conditioning(model, frames, np.stack([a for _, a in data]), keymap=keymap)   # (W, ctx+H-1)
     if random_actions:
         rng = np.random.default_rng(seed + 1)
         actions = actions.copy()
@@ -227,21 +261,29 @@ def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1,
     """Genie's ΔPSNR: PSNR(real, dream with real actions) - PSNR(real, dream with random actions).
 
     Both dreams start from the same windows with the same noise seed; positive values mean the
-    actions steer the dream towards the real frames.
+    actions steer the dream towards the real frames. For a ``"latent"`` bundle the real
+    actions are the LAM's codes of the real frames (Genie's definition), and with a key-to-code
+    map also the recorded actions through it (``delta_psnr_keymap``: control by the game's keys).
 
     Returns:
-        ``{"delta_psnr": {t: dB}, "psnr_real_actions": {t: dB}, "psnr_random_actions": {t: dB}}``.
+        ``{"delta_psnr": {t: dB}, "psnr_real_actions": {t: dB}, "psnr_random_actions": {t: dB}}``,
+        plus ``"delta_psnr_keymap"`` and ``"psnr_keymap_actions"`` for a latent bundle with a map.
     """
     h = max(horizons)
-    real, with_real = teacher_forced_rollout(model, episodes, horizon=h, windows=windows, seed=seed,
-                                             sampling_steps=sampling_steps)
-    _, with_random = teacher_forced_rollout(model, episodes, horizon=h, windows=windows, seed=seed,
-                                            sampling_steps=sampling_steps, random_actions=True)
-    out: dict = {"delta_psnr": {}, "psnr_real_actions": {}, "psnr_random_actions": {}}
+    run = lambda **kw: teacher_forced_rollout(model, episodes, horizon=h, windows=windows, seed=seed,  # noqa: E731
+                                              sampling_steps=sampling_steps, **kw)
+    real, with_real = run()
+    dreams = {"real": with_real, "random": run(random_actions=True)[1]}
+    if model.conditioning == "latent" and model.action_codes is not None:
+        dreams["keymap"] = run(keymap=True)[1]
+    out: dict = {}
     for t in horizons:
-        a = np.mean([psnr(r, f) for r, f in zip(real[:, t], with_real[:, t - 1])])
-        b = np.mean([psnr(r, f) for r, f in zip(real[:, t], with_random[:, t - 1])])
-        out["delta_psnr"][t], out["psnr_real_actions"][t], out["psnr_random_actions"][t] = a - b, a, b
+        score = {k: float(np.mean([psnr(r, f) for r, f in zip(real[:, t], d[:, t - 1])])) for k, d in dreams.items()}
+        for k, v in score.items():
+            out.setdefault(f"psnr_{k}_actions", {})[t] = v
+        out.setdefault("delta_psnr", {})[t] = score["real"] - score["random"]
+        if "keymap" in score:
+            out.setdefault("delta_psnr_keymap", {})[t] = score["keymap"] - score["random"]
     return out
 
 
@@ -272,7 +314,7 @@ def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed:
         sim = Simulator(model, batch_size=starts, seed=seed, sampling_steps=sampling_steps)
         sim.reset(frames, actions)
         for _ in range(hold):
-            last, _, _ = sim.step(np.full(starts, action))
+            last, _, _ = sim.step(model.to_conditioning(np.full(starts, action)))
         rows[name] = paddle_y(last)
         intact &= paddle_is_bar(last)
     gap = rows["down"] - rows["up"]

@@ -27,7 +27,7 @@ import torch
 
 from envs.games import get_game
 from recorders.collect import RecordConfig, record
-from recorders.dataset import DatasetError, EpisodeDataset, WindowSampler, episode_paths
+from recorders.dataset import NULL_ACTION, DatasetError, EpisodeDataset, WindowSampler, episode_paths
 from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
 from training.loops import (Distributed, cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, reward_loss_fn,
                             run_stage, tokenizer_loss_fn)
@@ -38,8 +38,9 @@ from worldmodel.config import ModelPreset, get_preset, to_dict, update_dataclass
 from worldmodel.device import resolve_device
 from worldmodel.dynamics import DynamicsModel, most_common_colours
 from worldmodel.lam import LatentActionModel
+from worldmodel.latent_actions import fit_action_codes
 from worldmodel.reward_model import RewardEndModel
-from worldmodel.tokenizer import build_tokenizer
+from worldmodel.tokenizer import build_tokenizer, frames_to_tensor
 
 STAGES = ("tokenizer", "lam", "reward", "dynamics", "evaluate")
 
@@ -66,6 +67,11 @@ class PipelineConfig:
         stale_pixels: probability that a pixel of a dynamics training input shows what it
             showed 1-3 frames earlier, targets unchanged (0 = off; see
             :func:`training.loops.dynamics_loss_fn`).
+        conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
+            actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
+            set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
+            labelled training transitions, so that it is played with the game's keys.
+        labelled_steps: labelled transitions the key-to-code map is fitted on (``"latent"``).
         start_windows: real start windows stored in the bundle.
         init_from: warm start: a bundle (shipped name or directory) whose weights initialise
             each stage that has no snapshot of its own yet, so quality can grow over several
@@ -87,6 +93,8 @@ class PipelineConfig:
     moving_weight: float = 20.0
     scheduled_sampling: float = 0.0
     stale_pixels: float = 0.0
+    conditioning: str = "actions"
+    labelled_steps: int = 200
     start_windows: int = 32
     init_from: str | None = None
     progress: bool = True
@@ -118,6 +126,10 @@ def build_config(values: dict) -> PipelineConfig:
     for name in ("scheduled_sampling", "stale_pixels"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
+    if cfg.conditioning not in ("actions", "latent"):
+        raise ValueError(f"conditioning must be 'actions' or 'latent', got {cfg.conditioning!r}")
+    if cfg.labelled_steps < 1:
+        raise ValueError(f"labelled_steps must be >= 1, got {cfg.labelled_steps}")
     model = get_preset(cfg.preset)
     parts = ("tokenizer", "lam", "reward", "dynamics", "sampler")
     for part in parts:
@@ -254,6 +266,13 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                          lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward, 2, cfg.seed + 5,
                          conv_amp)
 
+    latent = cfg.conditioning == "latent"
+    if latent:
+        if lam is None:
+            raise ValueError("conditioning=latent needs a latent-action model: run the lam stage first, or init_from "
+                             f"a bundle that has one (no snapshot in {out / 'lam'})")
+        lam.requires_grad_(False).eval()
+        m.dynamics = update_dataclass(m.dynamics, dict(num_actions=lam.fsq.num_codes), where="model.dynamics")
     dynamics = DynamicsModel(m.dynamics).to(device)
     if m.dynamics.palette_size:   # a warm start or a snapshot brings its own palette
         if m.tokenizer.kind != "patch":
@@ -267,7 +286,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
                                                  moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
                                                  generator=gen, scheduled_sampling=cfg.scheduled_sampling,
-                                                 stale_pixels=cfg.stale_pixels),
+                                                 stale_pixels=cfg.stale_pixels,
+                                                 action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
         if cfg.export or "evaluate" in cfg.stages:
@@ -279,9 +299,17 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         return metrics            # rank 0 evaluates and writes the bundle
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
+    action_codes = None
+    if latent:
+        with torch.no_grad():
+            actions = lam.infer(frames_to_tensor(frames.to(device))).cpu()
+        action_codes = fit_key_to_code_map(lam, episodes, spec.num_actions, cfg.labelled_steps, cfg.seed, device)
+        metrics["action_codes"] = {spec.action_meanings[a]: c for a, c in enumerate(action_codes)}
+        log(f"key-to-code map from {cfg.labelled_steps} labelled steps: {metrics['action_codes']}")
     bundle = ModelBundle(
         game=spec.name, action_meanings=list(spec.action_meanings), keymap=dict(spec.keymap),
-        key_aliases=dict(spec.key_aliases), fps=spec.fps, conditioning="actions", tokenizer_config=m.tokenizer,
+        key_aliases=dict(spec.key_aliases), fps=spec.fps, conditioning=cfg.conditioning, action_codes=action_codes,
+        tokenizer_config=m.tokenizer,
         dynamics_config=m.dynamics, sampler=m.sampler, tokenizer=tokenizer, dynamics=dynamics.float(),
         start_frames=frames, start_actions=actions, lam_config=m.lam if lam is not None else None,
         lam=lam.float() if lam is not None else None, reward_config=m.reward,
@@ -304,6 +332,41 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         bundle.save(cfg.export)
         print(f"exported the bundle to {cfg.export}")
     return _finish(out, metrics, t_start)
+
+
+def latent_codes(lam: LatentActionModel):
+    """The dynamics loss's action source for ``conditioning=latent``: the LAM's codes of a batch of
+    windows ``(B, T, 3, H, W)`` in [-1, 1] -> ``(B, T)`` int64, slot ``j`` labelled by the code of
+    the transition ``j-1 -> j`` (as slot ``j`` holds the action that produced frame ``j``), and
+    slots whose recorded action is the null action (before an episode's start) kept null."""
+
+    def source(frames: torch.Tensor, actions) -> torch.Tensor:
+        actions = torch.as_tensor(actions, device=frames.device)
+        with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):   # codes as at inference
+            codes = lam.infer(frames.float())                                    # (B, T-1)
+        codes = torch.cat([torch.full_like(codes[:, :1], NULL_ACTION), codes], dim=1)
+        return torch.where(actions == NULL_ACTION, actions, codes)
+    return source
+
+
+def fit_key_to_code_map(lam: LatentActionModel, episodes, num_actions: int, labelled_steps: int, seed: int,
+                        device) -> list[int]:
+    """The game's action -> latent code map of a ``conditioning=latent`` bundle, fitted on
+    ``labelled_steps`` random labelled transitions of the training episodes
+    (:func:`worldmodel.latent_actions.fit_action_codes`)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(e.actions) for e in episodes])
+    picks = rng.choice(lengths.sum(), size=min(labelled_steps, int(lengths.sum())), replace=False)
+    ep_of = np.searchsorted(np.cumsum(lengths), picks, side="right")
+    codes, actions = [], []
+    h = lam.cfg.history
+    for e, i in zip(ep_of, picks - np.concatenate([[0], np.cumsum(lengths)])[ep_of]):
+        ep = episodes[e]
+        clip = ep.frames[max(0, i - h):i + 2]                                    # up to history + 2 frames
+        with torch.no_grad():
+            codes.append(int(lam.infer(frames_to_tensor(torch.as_tensor(clip, device=device)))[-1]))
+        actions.append(int(ep.actions[i]))
+    return fit_action_codes(codes, actions, num_actions=num_actions, num_codes=lam.fsq.num_codes).tolist()
 
 
 def _bundle_part(bundle: ModelBundle, name: str) -> tuple[torch.nn.Module | None, object]:

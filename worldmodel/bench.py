@@ -115,10 +115,10 @@ def _worker(cfg: dict, backend: str) -> None:
     for batch in cfg["batch_sizes"]:
         sim = simulator(batch)
         for _ in range(cfg["warmup"]):
-            sim.step(rng.integers(model.num_actions, size=batch))
+            sim.step(rng.integers(model.dynamics_config.num_actions, size=batch))
         times = []
         for _ in range(cfg["steps"]):
-            actions = rng.integers(model.num_actions, size=batch)
+            actions = rng.integers(model.dynamics_config.num_actions, size=batch)
             sync()
             t0 = time.perf_counter()
             sim.step(actions)
@@ -136,7 +136,7 @@ def _worker(cfg: dict, backend: str) -> None:
         sim = simulator(1)
         times = np.zeros(n)
         for i in range(n):
-            a = rng.integers(model.num_actions, size=1)
+            a = rng.integers(model.dynamics_config.num_actions, size=1)
             t0 = time.perf_counter()
             sim.step(a)
             times[i] = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -52,6 +53,9 @@ class ModelBundle:
         key_aliases: physical key -> logical key.
         fps: frames per second the dream is shown at.
         conditioning: ``"actions"`` (real actions) or ``"latent"`` (LAM codes).
+        action_codes: for a ``"latent"`` bundle, the key-to-code map: the latent code each of
+            the game's actions plays (``num_actions`` ints, fitted on a few labelled steps by
+            :func:`worldmodel.latent_actions.fit_action_codes`); ``None``: played by codes.
         tokenizer, dynamics, lam, reward_model: the models (``lam`` and ``reward_model`` may
             be None; without a reward model the dream's rewards are 0 and it never ends).
         tokenizer_config, dynamics_config, lam_config, reward_config, sampler: their configs.
@@ -77,11 +81,37 @@ class ModelBundle:
     lam: LatentActionModel | None = None
     reward_config: RewardConfig | None = None
     reward_model: RewardEndModel | None = None
+    action_codes: list[int] | None = None
     info: dict = field(default_factory=dict)
 
     @property
     def num_actions(self) -> int:
         return len(self.action_meanings)
+
+    @property
+    def control_actions(self) -> int:
+        """How many actions a player or agent steps the dream with: the game's actions, or the
+        latent codes for a ``"latent"`` bundle without a key-to-code map."""
+        if self.conditioning == "latent" and self.action_codes is None:
+            return self.dynamics_config.num_actions
+        return self.num_actions
+
+    def to_conditioning(self, actions) -> np.ndarray:
+        """Actions in ``range(control_actions)`` -> what the dynamics model is conditioned on.
+
+        The game's actions pass through a ``"latent"`` bundle's key-to-code map
+        (:attr:`action_codes`); otherwise they are returned as they are (int64).
+
+        Raises:
+            ValueError: an action out of ``range(control_actions)``.
+        """
+        a = np.asarray(actions, np.int64)
+        bad = a[(a < 0) | (a >= self.control_actions)]
+        if bad.size:
+            raise ValueError(f"action {int(bad.flat[0])} out of range [0, {self.control_actions})")
+        if self.conditioning == "latent" and self.action_codes is not None:
+            return np.asarray(self.action_codes, np.int64)[a]
+        return a
 
     @property
     def game_spec(self) -> GameSpec:
@@ -111,7 +141,7 @@ class ModelBundle:
         config = dict(
             format=BUNDLE_FORMAT, version=BUNDLE_VERSION, game=self.game, action_meanings=list(self.action_meanings),
             keymap=self.keymap, key_aliases=self.key_aliases, fps=self.fps, conditioning=self.conditioning,
-            tokenizer=to_dict(self.tokenizer_config), dynamics=to_dict(self.dynamics_config),
+            action_codes=self.action_codes, tokenizer=to_dict(self.tokenizer_config), dynamics=to_dict(self.dynamics_config),
             sampler=to_dict(self.sampler), lam=to_dict(self.lam_config) if self.lam_config else None,
             reward=to_dict(self.reward_config) if self.reward_model is not None else None, info=self.info)
         text = json.dumps(config, indent=2)  # fails before anything is written if info is not JSON
@@ -232,5 +262,18 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         conditioning=cfg.get("conditioning", "actions"), tokenizer_config=tok_cfg, dynamics_config=dyn_cfg,
         sampler=sampler, tokenizer=tokenizer, dynamics=dynamics, start_frames=starts["frames"],
         start_actions=starts["actions"], lam_config=lam_cfg, lam=lam, reward_config=reward_cfg,
-        reward_model=reward_model, info=cfg.get("info", {}))
+        reward_model=reward_model, action_codes=_action_codes(cfg, dyn_cfg, path), info=cfg.get("info", {}))
     return bundle.to(device).eval()
+
+
+def _action_codes(cfg: dict, dyn_cfg: DynamicsConfig, path: Path) -> list[int] | None:
+    """The config's key-to-code map, checked against the game's actions and the dynamics' codes."""
+    codes = cfg.get("action_codes")
+    if codes is None:
+        return None
+    n = len(cfg["action_meanings"])
+    if (not isinstance(codes, list) or len(codes) != n
+            or not all(isinstance(c, int) and 0 <= c < dyn_cfg.num_actions for c in codes)):
+        raise CheckpointError(f"{path / 'config.json'}: action_codes must be {n} latent codes in "
+                              f"[0, {dyn_cfg.num_actions}), got {codes!r}")
+    return codes

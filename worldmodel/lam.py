@@ -122,19 +122,23 @@ class LatentActionModel(nn.Module):
 
     @torch.no_grad()
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
-        """Latent actions of a clip.
+        """Latent actions of clips.
 
         Args:
-            frames: ``(T, 3, H, W)`` float in [-1, 1].
+            frames: ``(T, 3, H, W)`` or a batch of clips ``(B, T, 3, H, W)``, float in [-1, 1].
 
         Returns:
-            ``(T-1,)`` int64 codes; ``z_t`` labels the transition ``x_t -> x_{t+1}``. The
-            first frames, which lack history, repeat the first frame as their history.
+            ``(T-1,)`` (or ``(B, T-1)``) int64 codes; ``z_t`` labels the transition
+            ``x_t -> x_{t+1}``. The first frames, which lack history, repeat the first frame
+            as their history.
         """
-        h = self.cfg.history
-        padded = torch.cat([frames[:1].expand(h, -1, -1, -1), frames], dim=0)
-        windows = padded.unfold(0, h + 2, 1)                                    # (T-1, 3, H, W, K)
-        return self.encode(rearrange(windows, "n c h w k -> n k c h w"))[1]
+        if frames.dim() == 4:
+            return self.infer(frames[None])[0]
+        b, h = frames.shape[0], self.cfg.history
+        padded = torch.cat([frames[:, :1].expand(-1, h, -1, -1, -1), frames], dim=1)
+        windows = padded.unfold(1, h + 2, 1)                                    # (B, T-1, 3, H, W, K)
+        codes = self.encode(rearrange(windows, "b n c h w k -> (b n) k c h w"))[1]
+        return codes.view(b, -1)
 
 
 def lam_loss(model: LatentActionModel, frames: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,3 +31,37 @@ def infer_latent_actions(model: ModelBundle, frames) -> np.ndarray:
     device = next(model.lam.parameters()).device
     with torch.inference_mode():
         return model.lam.infer(frames_to_tensor(torch.as_tensor(f, device=device))).cpu().numpy().astype(np.int64)
+
+
+def fit_action_codes(codes, actions, *, num_actions: int, num_codes: int) -> np.ndarray:
+    """A key-to-code map from a few labelled transitions: for each of the game's actions, the
+    latent code the LAM gave most often to the transitions made with it.
+
+    Genie (Bruce et al. 2024, section 3.2) fits the inverse map, code -> action, on a few
+    labelled steps to score its latent actions; playing a latent-conditioned dream with the
+    game's keys needs this direction.
+
+    Args:
+        codes: ``(N,)`` int64 latent codes of ``N`` labelled transitions.
+        actions: ``(N,)`` int64 the game's actions of the same transitions.
+        num_actions: the game's action count.
+        num_codes: the LAM's code count.
+
+    Returns:
+        ``(num_actions,)`` int64; an action absent from the labelled transitions gets the code
+        seen most often overall.
+
+    Raises:
+        ValueError: no transitions, shapes that differ, or a code or action out of range.
+    """
+    codes, actions = np.asarray(codes).reshape(-1), np.asarray(actions).reshape(-1)
+    if len(codes) == 0 or codes.shape != actions.shape:
+        raise ValueError(f"need as many codes as actions (at least one), got {codes.shape} and {actions.shape}")
+    for name, values, n in (("code", codes, num_codes), ("action", actions, num_actions)):
+        bad = values[(values < 0) | (values >= n)]
+        if bad.size:
+            raise ValueError(f"{name} {int(bad[0])} out of range [0, {n})")
+    counts = np.zeros((num_actions, num_codes), np.int64)
+    np.add.at(counts, (actions, codes), 1)
+    fallback = int(np.bincount(codes, minlength=num_codes).argmax())
+    return np.where(counts.sum(1) > 0, counts.argmax(1), fallback).astype(np.int64)
