@@ -71,6 +71,22 @@ def test_round_trip_same_dream(tiny_bundle, saved):
     np.testing.assert_array_equal(dreams[0], dreams[1])
 
 
+def test_half_precision_weights_load_as_float32(tiny_bundle, tmp_path):
+    from safetensors import safe_open
+
+    tiny_bundle.save(tmp_path / "half", weights_dtype=torch.float16)
+    for name in ("dynamics", "reward"):
+        with safe_open(str(tmp_path / "half" / f"{name}.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, name
+    assert (tmp_path / "half" / "dynamics.safetensors").stat().st_size < 0.6 * (
+        tiny_bundle.save(tmp_path / "full") / "dynamics.safetensors").stat().st_size
+    loaded = worldmodel.load(tmp_path / "half")
+    for (k, mine), theirs in zip(tiny_bundle.dynamics.state_dict().items(), loaded.dynamics.state_dict().values()):
+        assert theirs.dtype == mine.dtype, k
+        torch.testing.assert_close(theirs, mine.half().to(mine.dtype), rtol=0, atol=0, msg=k)
+    assert torch.equal(loaded.start_frames, tiny_bundle.start_frames)
+
+
 def test_no_pickles_in_bundle(saved):
     files = sorted(p.name for p in saved.iterdir())
     assert "config.json" in files and "dynamics.safetensors" in files and "start_frames.safetensors" in files

@@ -197,9 +197,15 @@ def test_warm_start_from_a_bundle(pipeline_run, tmp_path):
 
     dataclasses.replace(source, reward_model=None, reward_config=None).save(tmp_path / "old")
     metrics = run(build_config(dict(common, out=str(tmp_path / "grow"), init_from=str(tmp_path / "old"),
-                                    stages=["reward"], budget={"reward": {"steps": 2}}, export=str(tmp_path / "new"))))
+                                    stages=["reward"], budget={"reward": {"steps": 2}}, export=str(tmp_path / "new"),
+                                    weights_dtype="float16")))
     assert metrics["reward"]["step"] == 2
     grown = worldmodel.load(tmp_path / "new")
     assert grown.reward_model is not None
     for (k, a), b in zip(grown.dynamics.state_dict().items(), source.dynamics.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
+        torch.testing.assert_close(a, b.half().float(), rtol=0, atol=0, msg=k)   # stored as float16
+    # The bundle names every command it grew from, oldest first.
+    assert grown.info["commands"][:-1] == [source.info["command"]] == source.info["commands"]
+    assert grown.info["commands"][-1] == grown.info["command"]
+    with pytest.raises(ValueError, match="weights_dtype"):
+        build_config(dict(common, weights_dtype="int8"))

@@ -43,6 +43,7 @@ from worldmodel.reward_model import RewardEndModel
 from worldmodel.tokenizer import build_tokenizer, frames_to_tensor
 
 STAGES = ("tokenizer", "lam", "reward", "dynamics", "evaluate")
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -77,6 +78,9 @@ class PipelineConfig:
             each stage that has no snapshot of its own yet, so quality can grow over several
             runs (the model configs must match the bundle's); a stage that is not run and
             has no snapshot takes the bundle's model unchanged.
+        weights_dtype: how the bundle stores its weights: ``float32``, or ``float16`` (half the
+            size; the shipped checkpoints, whose dreams match float32's step for step until
+            one pixel flips after tens of steps) or ``bfloat16``; loading casts back to float32.
         progress: progress bars.
     """
 
@@ -97,6 +101,7 @@ class PipelineConfig:
     labelled_steps: int = 200
     start_windows: int = 32
     init_from: str | None = None
+    weights_dtype: str = "float32"
     progress: bool = True
     model: ModelPreset = field(default_factory=ModelPreset)
     budget: TrainBudget = field(default_factory=TrainBudget)
@@ -128,6 +133,8 @@ def build_config(values: dict) -> PipelineConfig:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.conditioning not in ("actions", "latent"):
         raise ValueError(f"conditioning must be 'actions' or 'latent', got {cfg.conditioning!r}")
+    if cfg.weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {cfg.weights_dtype!r}")
     if cfg.labelled_steps < 1:
         raise ValueError(f"labelled_steps must be >= 1, got {cfg.labelled_steps}")
     model = get_preset(cfg.preset)
@@ -299,6 +306,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         return metrics            # rank 0 evaluates and writes the bundle
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
+    command = "python -m training.pipeline " + " ".join(sys.argv[1:])
+    lineage = [*_commands(warm), command] if warm is not None else [command]
     action_codes = None
     if latent:
         with torch.no_grad():
@@ -314,7 +323,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         start_frames=frames, start_actions=actions, lam_config=m.lam if lam is not None else None,
         lam=lam.float() if lam is not None else None, reward_config=m.reward,
         reward_model=reward_model.float() if reward_model is not None else None,
-        info={"command": " ".join(sys.argv), "preset": cfg.preset, "dataset": metrics["dataset"]})
+        info={"command": command, "commands": lineage, "preset": cfg.preset, "dataset": metrics["dataset"]})
 
     if "evaluate" in cfg.stages:
         bundle.eval()
@@ -327,9 +336,9 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             metrics["video"] = str(write_video(bundle, held_eps, out / "real_vs_dream.gif", horizon=horizon,
                                                windows=min(4, b.eval_windows), seed=cfg.seed))
     bundle.info["metrics"] = {k: metrics[k] for k in ("teacher_forced", "paddle_control") if k in metrics}
-    bundle.save(out / "bundle")
+    bundle.save(out / "bundle", weights_dtype=WEIGHT_DTYPES[cfg.weights_dtype])
     if cfg.export:
-        bundle.save(cfg.export)
+        bundle.save(cfg.export, weights_dtype=WEIGHT_DTYPES[cfg.weights_dtype])
         print(f"exported the bundle to {cfg.export}")
     return _finish(out, metrics, t_start)
 
@@ -367,6 +376,12 @@ def fit_key_to_code_map(lam: LatentActionModel, episodes, num_actions: int, labe
             codes.append(int(lam.infer(frames_to_tensor(torch.as_tensor(clip, device=device)))[-1]))
         actions.append(int(ep.actions[i]))
     return fit_action_codes(codes, actions, num_actions=num_actions, num_codes=lam.fsq.num_codes).tolist()
+
+
+def _commands(bundle: ModelBundle) -> list[str]:
+    """The commands that made a bundle, oldest first (``info["commands"]``, or its one ``command``)."""
+    info = bundle.info or {}
+    return list(info.get("commands") or ([info["command"]] if "command" in info else []))
 
 
 def _bundle_part(bundle: ModelBundle, name: str) -> tuple[torch.nn.Module | None, object]:

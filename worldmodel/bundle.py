@@ -135,8 +135,14 @@ class ModelBundle:
             m.eval()
         return self
 
-    def save(self, path: str | Path) -> Path:
-        """Write the bundle directory (created if needed) and return its path."""
+    def save(self, path: str | Path, *, weights_dtype: torch.dtype | None = None) -> Path:
+        """Write the bundle directory (created if needed) and return its path.
+
+        Args:
+            weights_dtype: store the models' floating-point weights as this dtype (such as
+                ``torch.float16``, half the size); ``None`` keeps theirs. :func:`load` casts
+                them back to float32.
+        """
         path = Path(path)
         config = dict(
             format=BUNDLE_FORMAT, version=BUNDLE_VERSION, game=self.game, action_meanings=list(self.action_meanings),
@@ -146,21 +152,21 @@ class ModelBundle:
             reward=to_dict(self.reward_config) if self.reward_model is not None else None, info=self.info)
         text = json.dumps(config, indent=2)  # fails before anything is written if info is not JSON
         path.mkdir(parents=True, exist_ok=True)
-        save_file(_contiguous(self.dynamics.state_dict()), path / "dynamics.safetensors")
+        weights = {"dynamics": self.dynamics, "lam": self.lam, "reward": self.reward_model}
         if any(True for _ in self.tokenizer.parameters()):
-            save_file(_contiguous(self.tokenizer.state_dict()), path / "tokenizer.safetensors")
-        if self.lam is not None:
-            save_file(_contiguous(self.lam.state_dict()), path / "lam.safetensors")
-        if self.reward_model is not None:
-            save_file(_contiguous(self.reward_model.state_dict()), path / "reward.safetensors")
+            weights["tokenizer"] = self.tokenizer
+        for name, module in weights.items():
+            if module is not None:
+                save_file(_contiguous(module.state_dict(), weights_dtype), path / f"{name}.safetensors")
         save_file({"frames": self.start_frames.contiguous(), "actions": self.start_actions.contiguous()},
                   path / "start_frames.safetensors")
         (path / "config.json").write_text(text)
         return path
 
 
-def _contiguous(state: dict) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+def _contiguous(state: dict, dtype: torch.dtype | None = None) -> dict:
+    cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v  # noqa: E731
+    return {k: cast(v.detach()).contiguous().cpu() for k, v in state.items()}
 
 
 def resolve(name_or_path: str | Path) -> Path:
