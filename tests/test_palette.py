@@ -121,6 +121,30 @@ def test_a_warm_start_from_a_regression_model_keeps_the_trunk_and_starts_the_hea
         _warm_start(model, model.cfg, Bundle(other, other.cfg), "dynamics")
 
 
+def test_a_warm_start_from_another_game_keeps_the_trunk_and_this_games_actions_and_palette(capsys):
+    @dataclasses.dataclass
+    class Bundle:
+        dynamics: DynamicsModel
+        dynamics_config: DynamicsConfig
+        game: str = "pong"
+        tokenizer = lam = reward_model = tokenizer_config = lam_config = reward_config = None
+
+    pong = _model()
+    for p in pong.parameters():
+        p.data.normal_()
+    pong.set_palette(PALETTE[::-1])
+    breakout = DynamicsModel(dataclasses.replace(pong.cfg, num_actions=5))
+    breakout.set_palette(PALETTE)
+    with pytest.raises(ValueError, match="differs in num_actions"):   # the same game must match
+        _warm_start(breakout, breakout.cfg, Bundle(pong, pong.cfg), "dynamics")
+    assert _warm_start(breakout, breakout.cfg, Bundle(pong, pong.cfg), "dynamics", other_game=True)
+    torch.testing.assert_close(breakout.blocks[1].mlp.fc1.weight, pong.blocks[1].mlp.fc1.weight)
+    torch.testing.assert_close(breakout.final.linear.weight, pong.final.linear.weight)
+    assert breakout.action_emb.weight.shape[0] == 6 and pong.action_emb.weight.shape[0] == 4
+    assert torch.equal(breakout.palette, torch.as_tensor(PALETTE).float() / 127.5 - 1)
+    assert "action_emb.weight, action_in.weight, palette start fresh" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not onnx_available(torch.device("cpu")), reason="onnxruntime, onnx or onnxscript not installed")
 def test_onnx_palette_dream_matches_torch(pong_trajectory, tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMGAMES_CACHE", str(tmp_path))

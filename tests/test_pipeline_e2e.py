@@ -209,3 +209,23 @@ def test_warm_start_from_a_bundle(pipeline_run, tmp_path):
     assert grown.info["commands"][-1] == grown.info["command"]
     with pytest.raises(ValueError, match="weights_dtype"):
         build_config(dict(common, weights_dtype="int8"))
+
+
+def test_warm_start_from_another_games_bundle_transfers_the_dynamics_trunk(pipeline_run, tmp_path):
+    """Breakout from the Pong bundle: the dynamics trunk carries over; the action embeddings and
+    the models of stages not run here (LAM, reward) do not (the palette: tests/test_palette.py)."""
+    root, _, _ = pipeline_run
+    pong = worldmodel.load(root / "run" / "bundle")
+    metrics = run(build_config(dict(
+        preset="tiny", game="breakout", out=str(tmp_path / "run"), dataset=str(tmp_path / "data"),
+        heldout=str(tmp_path / "heldout"), progress=False, start_windows=2, stages=["dynamics"],
+        init_from=str(root / "run" / "bundle"), export=str(tmp_path / "bundle"), budget={"dynamics": {"steps": 0}})))
+    assert metrics["dynamics"]["step"] == 0
+    breakout = worldmodel.load(tmp_path / "bundle")
+    assert breakout.game == "breakout" and breakout.dynamics_config.num_actions == 4
+    assert breakout.lam is None and breakout.reward_model is None
+    theirs = pong.dynamics.state_dict()
+    for k, v in breakout.dynamics.state_dict().items():
+        if k.startswith("blocks.") or k.startswith("final."):
+            torch.testing.assert_close(v, theirs[k], msg=k)
+    assert breakout.dynamics.action_emb.weight.shape != pong.dynamics.action_emb.weight.shape

@@ -77,7 +77,9 @@ class PipelineConfig:
         init_from: warm start: a bundle (shipped name or directory) whose weights initialise
             each stage that has no snapshot of its own yet, so quality can grow over several
             runs (the model configs must match the bundle's); a stage that is not run and
-            has no snapshot takes the bundle's model unchanged.
+            has no snapshot takes the bundle's model unchanged. A bundle of another game
+            initialises only the stages run here, with fresh action embeddings and this
+            game's palette (transfer).
         weights_dtype: how the bundle stores its weights: ``float32``, or ``float16`` (half the
             size; the shipped checkpoints, whose dreams match float32's step for step until
             one pixel flips after tens of steps) or ``bfloat16``; loading casts back to float32.
@@ -234,7 +236,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         if name in cfg.stages:
-            if warm is not None and not has_state(out / name) and not _warm_start(module, module_cfg, warm, name):
+            if (warm is not None and not has_state(out / name)
+                    and not _warm_start(module, module_cfg, warm, name, other_game=other_game)):
                 print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
             sampler = WindowSampler(episodes, window, seed=distributed.seed(seed))  # each rank its own windows
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
@@ -245,11 +248,12 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             return module
         if has_state(out / name):
             return load_trained(out / name, module).eval()
-        if warm is not None and _warm_start(module, module_cfg, warm, name):
+        if warm is not None and not other_game and _warm_start(module, module_cfg, warm, name):
             return module.eval()                      # not retrained here: the bundle's model as it is
         return None
 
     warm = load(cfg.init_from) if cfg.init_from else None
+    other_game = warm is not None and warm.game != cfg.game   # transfer: only the stages run here start from it
     tokenizer = build_tokenizer(m.tokenizer).to(device)
     if m.tokenizer.kind != "patch":
         tokenizer = stage("tokenizer", tokenizer, m.tokenizer,
@@ -395,9 +399,21 @@ HEAD_FIELDS = {"dynamics": {"palette_size"}}
 """Config fields that change only a model's output head: a warm start across them copies the
 rest of the weights and starts the head fresh."""
 
+GAME_FIELDS = {"dynamics": {"num_actions"}, "reward": {"num_actions"}}
+"""Config fields that may differ on a warm start from another game's bundle: the tensors whose
+shape they change (the action embeddings) start fresh."""
 
-def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str) -> bool:
+GAME_TENSORS = {"palette"}
+"""Tensors fitted to a game's frames: a warm start from another game's bundle keeps this run's."""
+
+
+def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str, *,
+                other_game: bool = False) -> bool:
     """Copy a bundle's weights of stage ``name`` into ``module``.
+
+    Args:
+        other_game: the bundle is of another game (transfer): its action embeddings and palette
+            are not copied (:data:`GAME_FIELDS`, :data:`GAME_TENSORS`).
 
     Returns:
         Whether the bundle has that model (one written before the stage existed has not, and
@@ -411,20 +427,22 @@ def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: 
         return False
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-    beyond_head = sorted(set(diff) - HEAD_FIELDS.get(name, set()))
-    if beyond_head:
-        bad = beyond_head[0]
+    allowed = HEAD_FIELDS.get(name, set()) | (GAME_FIELDS.get(name, set()) if other_game else set())
+    beyond = sorted(set(diff) - allowed)
+    if beyond:
+        bad = beyond[0]
         raise ValueError(f"init_from: the bundle's {name} differs in {bad} ({theirs.get(bad)!r} there, "
                          f"{mine[bad]!r} here)")
-    if not diff:
-        module.load_state_dict(source.state_dict())
-        print(f"[{name}] warm start from the init_from bundle")
-        return True
     own, given = module.state_dict(), source.state_dict()
-    fresh = sorted(k for k in own if k not in given or given[k].shape != own[k].shape)
+    fresh = sorted(k for k in own if k not in given or given[k].shape != own[k].shape
+                   or (other_game and k in GAME_TENSORS))
     module.load_state_dict({k: own[k] if k in fresh else given[k] for k in own})
-    print(f"[{name}] warm start from the init_from bundle except its output head ({', '.join(diff)} differ): "
-          f"{', '.join(fresh)} start fresh")
+    source_name = f"the init_from bundle ({bundle.game})" if other_game else "the init_from bundle"
+    if fresh:
+        print(f"[{name}] warm start from {source_name}; {', '.join(fresh)} start fresh"
+              + (f" ({', '.join(diff)} differ)" if diff else ""))
+    else:
+        print(f"[{name}] warm start from {source_name}")
     return True
 
 

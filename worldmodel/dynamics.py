@@ -258,7 +258,7 @@ class DynamicsModel(nn.Module):
         Raises:
             ValueError: the model has no palette, or ``colours`` is not ``(palette_size, 3)``.
         """
-        colours = torch.as_tensor(np.asarray(colours))
+        colours = torch.as_tensor(np.ascontiguousarray(colours))
         if not self.cfg.palette_size or colours.shape != (self.cfg.palette_size, 3):
             raise ValueError(f"expected ({self.cfg.palette_size}, 3) colours for this model's palette, got "
                              f"{tuple(colours.shape)}" + ("" if self.cfg.palette_size else " (palette_size is 0)"))
