@@ -229,3 +229,22 @@ def test_warm_start_from_another_games_bundle_transfers_the_dynamics_trunk(pipel
         if k.startswith("blocks.") or k.startswith("final."):
             torch.testing.assert_close(v, theirs[k], msg=k)
     assert breakout.dynamics.action_emb.weight.shape != pong.dynamics.action_emb.weight.shape
+
+
+@pytest.mark.parametrize("conf,config_class", [
+    ("training/conf/pipeline.yaml", "training.pipeline:PipelineConfig"),
+    ("training/conf/evaluate.yaml", "training.evaluate:EvalConfig"),
+    ("worldmodel/conf/bench.yaml", "worldmodel.bench:BenchConfig"),
+])
+def test_every_setting_has_a_hydra_default(conf, config_class):
+    """Hydra refuses ``key=value`` for a key its yaml lacks: each CLI's yaml must name every field."""
+    import dataclasses
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    module, name = config_class.split(":")
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    keys = set(yaml.safe_load((Path(__file__).resolve().parents[1] / conf).read_text())) - {"defaults", "hydra"}
+    assert fields == keys, f"{conf}: missing {sorted(fields - keys)}, extra {sorted(keys - fields)}"
