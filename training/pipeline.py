@@ -17,6 +17,7 @@ snapshots, metrics and the bundle, and runs the evaluation.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -310,7 +311,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         return metrics            # rank 0 evaluates and writes the bundle
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
-    command = "python -m training.pipeline " + " ".join(sys.argv[1:])
+    command = "python -m training.pipeline " + shlex.join(sys.argv[1:])
     lineage = [*_commands(warm), command] if warm is not None else [command]
     action_codes = None
     if latent:
