@@ -150,3 +150,19 @@ def test_latent_action_quality_scores_codes_against_effective_actions(pong_datas
     assert blind["accuracy"] == pytest.approx(blind["majority_baseline"]) and blind["perplexity"] == 1.0
     with pytest.raises(ValueError, match="no latent-action model"):
         latent_action_quality(SimpleNamespace(lam=None, game="pong"), episodes)
+
+
+def test_a_black_background_game_is_not_broken_for_being_black():
+    """Breakout's real frames are mostly black: the saturation limit comes from them."""
+    from training.evaluate import saturated_limit_of
+
+    rng = np.random.default_rng(0)
+    real = np.zeros((4, 64, 64, 3), np.uint8)
+    real[:, 10:20] = rng.integers(60, 200, size=(4, 10, 64, 3))        # bricks on 84% black
+    limit = saturated_limit_of(real)
+    assert 0.89 < limit < 0.9
+    assert broken_frames(real, "breakout").all()                       # the default limit: all "saturated"
+    assert not broken_frames(real, "breakout", saturated_limit=limit).any()
+    black = np.zeros((1, 64, 64, 3), np.uint8)
+    black[0, 0, 0] = 200                                                # not blank, but 99.98% black
+    assert broken_frames(black, "breakout", saturated_limit=limit).all()

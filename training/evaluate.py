@@ -100,21 +100,37 @@ def colour_histogram(frames: np.ndarray, bins: int = 8) -> np.ndarray:
     return (hist / hist.sum(-1, keepdims=True)).reshape(*frames.shape[:-3], bins ** 3)
 
 
-def broken_frames(frames: np.ndarray, game: str) -> np.ndarray:
+def saturated_share(frames: np.ndarray) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 -> ``(...)`` share of pixels near black or white (luminance <= 5 or >= 250)."""
+    lum = frames.astype(np.int16).mean(-1)
+    return ((lum <= 5) | (lum >= 250)).mean(axis=(-2, -1))
+
+
+def broken_frames(frames: np.ndarray, game: str, *, saturated_limit: float = 0.5) -> np.ndarray:
     """``(..., H, W, 3)`` uint8 -> ``(...)`` bool: blank (colour range under 16 levels),
-    saturated (over half the pixels near black or white), or for Pong a screen part missing
-    (:func:`envs.readout.pong_screen_parts`)."""
+    saturated (more than ``saturated_limit`` of the pixels near black or white), or for Pong
+    a screen part missing (:func:`envs.readout.pong_screen_parts`).
+
+    Args:
+        saturated_limit: the share of near-black or near-white pixels a frame may have; a game
+            on a black background (Breakout) needs the limit of its real frames
+            (:func:`saturated_limit_of`).
+    """
     f = frames.astype(np.int16)
     blank = (f.max(axis=(-3, -2)) - f.min(axis=(-3, -2))).max(-1) < 16
-    lum = f.mean(-1)
-    saturated = ((lum <= 5) | (lum >= 250)).mean(axis=(-2, -1)) > 0.5
-    broken = blank | saturated
+    broken = blank | (saturated_share(frames) > saturated_limit)
     if game == "pong":
         from envs.readout import pong_screen_parts
 
         for ok in pong_screen_parts(frames).values():
             broken |= ~ok
     return broken
+
+
+def saturated_limit_of(real: np.ndarray) -> float:
+    """The saturation limit for a game's frames: half the pixels, or for a game whose real frames
+    are mostly black or white, 5 points above the largest share in ``real (N, H, W, 3)``."""
+    return max(0.5, float(saturated_share(real).max()) + 0.05)
 
 
 def ball_visible(frames: np.ndarray) -> np.ndarray:
@@ -460,10 +476,11 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
 
     real = np.concatenate([e.frames for e in episodes])
     ref = colour_histogram(real).mean(0)
+    limit = saturated_limit_of(real)
 
     def measures(frames):
         d = 0.5 * np.abs(colour_histogram(frames) - ref).sum(-1)
-        m = {"hist_distance": d, "broken": broken_frames(frames, model.game).astype(np.float64)}
+        m = {"hist_distance": d, "broken": broken_frames(frames, model.game, saturated_limit=limit).astype(np.float64)}
         if model.game == "pong":
             m["ball_visible"] = ball_visible(frames).astype(np.float64)
         return m
