@@ -131,10 +131,9 @@ def make_controls(model: ModelBundle, *, num_codes: int, latent_keys: bool | Non
         raise ValueError(f"latent_keys=true needs a checkpoint conditioned on latent-action codes, but this "
                          f"{model.game!r} checkpoint has conditioning={conditioning!r}; play it with the game's keys "
                          f"(latent_keys=null)")
-    keymap = conditioning == "actions" or model.action_codes is not None
-    if latent_keys is False and not keymap:
+    if latent_keys is False and not model.plays_game_actions:
         raise ValueError(f"this {model.game!r} checkpoint has conditioning='latent' and no key-to-code map: its "
                          f"dynamics take latent-action codes, so it is played with the digit keys (latent_keys=null)")
-    if latent_keys or not keymap:
+    if latent_keys or not model.plays_game_actions:
         return LatentCodeControls(num_codes)
     return KeymapControls(model)

@@ -37,12 +37,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from recorders.dataset import Episode
 from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
-from worldmodel.tokenizer import frames_to_tensor
 
 #: Error charged to a position read-out when the object is visible in only one of the two
 #: frames (real, dream): the diagonal of a 64x64 frame, so a missing object counts as a miss.
@@ -102,7 +100,7 @@ def colour_histogram(frames: np.ndarray, bins: int = 8) -> np.ndarray:
 
 def saturated_share(frames: np.ndarray) -> np.ndarray:
     """``(..., H, W, 3)`` uint8 -> ``(...)`` share of pixels near black or white (luminance <= 5 or >= 250)."""
-    lum = frames.astype(np.int16).mean(-1)
+    lum = frames.mean(-1)
     return ((lum <= 5) | (lum >= 250)).mean(axis=(-2, -1))
 
 
@@ -177,11 +175,9 @@ def window_conditioning(model: ModelBundle, frames: np.ndarray, actions: np.ndar
         if model.action_codes is None:
             raise ValueError(f"the {model.game!r} bundle has no key-to-code map (action_codes)")
         return model.to_conditioning(actions)
-    if model.lam is None:
-        raise ValueError(f"the {model.game!r} bundle is conditioned on latent codes but has no latent-action model")
-    device = next(model.lam.parameters()).device
-    with torch.inference_mode():
-        return model.lam.infer(frames_to_tensor(torch.as_tensor(frames, device=device))).cpu().numpy()
+    from worldmodel.latent_actions import infer_latent_actions
+
+    return infer_latent_actions(model, frames)
 
 
 def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,

@@ -369,17 +369,17 @@ def fit_key_to_code_map(lam: LatentActionModel, episodes, num_actions: int, labe
     ``labelled_steps`` random labelled transitions of the training episodes
     (:func:`worldmodel.latent_actions.fit_action_codes`)."""
     rng = np.random.default_rng(seed)
-    lengths = np.array([len(e.actions) for e in episodes])
-    picks = rng.choice(lengths.sum(), size=min(labelled_steps, int(lengths.sum())), replace=False)
-    ep_of = np.searchsorted(np.cumsum(lengths), picks, side="right")
-    codes, actions = [], []
-    h = lam.cfg.history
-    for e, i in zip(ep_of, picks - np.concatenate([[0], np.cumsum(lengths)])[ep_of]):
-        ep = episodes[e]
-        clip = ep.frames[max(0, i - h):i + 2]                                    # up to history + 2 frames
-        with torch.no_grad():
-            codes.append(int(lam.infer(frames_to_tensor(torch.as_tensor(clip, device=device)))[-1]))
-        actions.append(int(ep.actions[i]))
+    ends = np.cumsum([len(e.actions) for e in episodes])
+    picks = rng.choice(ends[-1], size=min(labelled_steps, int(ends[-1])), replace=False)
+    ep_of = np.searchsorted(ends, picks, side="right")
+    steps = picks - np.concatenate([[0], ends[:-1]])[ep_of]
+    # Each transition x_i -> x_{i+1} with its history, the first frame repeated before an
+    # episode's start (as LatentActionModel.infer pads): one batch, one LAM call.
+    offsets = np.arange(-lam.cfg.history, 2)
+    clips = np.stack([episodes[e].frames[np.clip(i + offsets, 0, None)] for e, i in zip(ep_of, steps)])
+    with torch.no_grad():
+        codes = lam.infer(frames_to_tensor(torch.as_tensor(clips, device=device)))[:, -1].cpu().numpy()
+    actions = [episodes[e].actions[i] for e, i in zip(ep_of, steps)]
     return fit_action_codes(codes, actions, num_actions=num_actions, num_codes=lam.fsq.num_codes).tolist()
 
 

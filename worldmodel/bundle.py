@@ -89,12 +89,16 @@ class ModelBundle:
         return len(self.action_meanings)
 
     @property
+    def plays_game_actions(self) -> bool:
+        """Whether players and agents step the dream with the game's actions: an ``"actions"``
+        bundle, or a ``"latent"`` one through its key-to-code map (else with latent codes)."""
+        return self.conditioning != "latent" or self.action_codes is not None
+
+    @property
     def control_actions(self) -> int:
         """How many actions a player or agent steps the dream with: the game's actions, or the
         latent codes for a ``"latent"`` bundle without a key-to-code map."""
-        if self.conditioning == "latent" and self.action_codes is None:
-            return self.dynamics_config.num_actions
-        return self.num_actions
+        return self.num_actions if self.plays_game_actions else self.dynamics_config.num_actions
 
     def to_conditioning(self, actions) -> np.ndarray:
         """Actions in ``range(control_actions)`` -> what the dynamics model is conditioned on.

@@ -14,10 +14,11 @@ def infer_latent_actions(model: ModelBundle, frames) -> np.ndarray:
 
     Args:
         model: a bundle with a trained LAM (``model.lam``).
-        frames: ``(T, H, W, 3)`` uint8 frames, ``T >= 2``.
+        frames: ``(T, H, W, 3)`` uint8 frames, ``T >= 2``, or a batch of clips ``(B, T, H, W, 3)``.
 
     Returns:
-        ``(T-1,)`` int64: ``z_t`` is the latent action of the transition ``x_t -> x_{t+1}``.
+        ``(T-1,)`` (or ``(B, T-1)``) int64: ``z_t`` is the latent action of the transition
+        ``x_t -> x_{t+1}``.
 
     Raises:
         ValueError: the bundle has no LAM, or the frames have the wrong shape or dtype.
@@ -26,8 +27,8 @@ def infer_latent_actions(model: ModelBundle, frames) -> np.ndarray:
         raise ValueError(f"the {model.game!r} bundle has no latent-action model")
     f = np.asarray(frames)
     size = model.lam_config.frame_size
-    if f.dtype != np.uint8 or f.ndim != 4 or f.shape[1:] != (size, size, 3) or len(f) < 2:
-        raise ValueError(f"frames must be uint8 (T >= 2, {size}, {size}, 3), got {f.dtype} {f.shape}")
+    if f.dtype != np.uint8 or f.ndim not in (4, 5) or f.shape[-3:] != (size, size, 3) or f.shape[-4] < 2:
+        raise ValueError(f"frames must be uint8 ([B,] T >= 2, {size}, {size}, 3), got {f.dtype} {f.shape}")
     device = next(model.lam.parameters()).device
     with torch.inference_mode():
         return model.lam.infer(frames_to_tensor(torch.as_tensor(f, device=device))).cpu().numpy().astype(np.int64)
