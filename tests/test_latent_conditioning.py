@@ -136,3 +136,59 @@ def test_latent_conditioning_needs_a_latent_action_model(pipeline_run, tmp_path)
         run(build_config(dict(preset="tiny", out=str(tmp_path / "nolam"), dataset=str(root / "data"),
                               heldout=str(root / "heldout"), progress=False, conditioning="latent",
                               stages=["dynamics"])))
+
+
+def test_normalized_latent_spreads_codes_where_the_raw_one_sits_in_one_bin():
+    """The collapse the first Pong LAM showed: a quantizer input that stays inside one rounding
+    bin gives every transition the same code. Batch-normalising that input spreads it again."""
+    from worldmodel.config import LAMConfig
+    from worldmodel.lam import LatentActionModel
+
+    torch.manual_seed(0)
+    clips = torch.rand(64, 3, 3, 64, 64) * 2 - 1
+    usage = {}
+    for normalize in (False, True):
+        lam = LatentActionModel(LAMConfig(history=1, channels=(8, 16, 16, 16), normalize_latent=normalize)).train()
+        lam.to_latent.weight.data.mul_(0.1)       # a quantizer input with little spread, as after a collapse
+        usage[normalize] = len(torch.unique(lam.encode(clips)[1]))
+    assert usage[False] == 1 and usage[True] >= 6
+
+
+def test_lam_config_checks_the_spatial_readout_grid():
+    from worldmodel.config import LAMConfig
+
+    with pytest.raises(ValueError, match="frame_size 48 divisible by 2 \\*\\* 5"):
+        LAMConfig(frame_size=48, channels=(8, 8, 8, 8, 8))
+    LAMConfig(frame_size=48, channels=(8, 8, 8, 8, 8), spatial_readout=False)
+
+
+def test_a_bundle_from_before_the_lam_options_loads_its_lam_as_it_was_built():
+    """The shipped Pong bundle's config predates frame_differences, spatial_readout and
+    normalize_latent: it loads with the design it was trained with."""
+    from worldmodel.bundle import LAM_BEFORE_V2
+
+    model = worldmodel.load("pong")
+    assert {k: getattr(model.lam_config, k) for k in LAM_BEFORE_V2} == LAM_BEFORE_V2
+    frames = model.start_frames[0].numpy()
+    assert worldmodel.infer_latent_actions(model, frames).shape == (len(frames) - 1,)
+
+
+def test_latent_dynamics_warm_start_from_an_actions_bundle(pipeline_run, tmp_path):
+    """init_from an actions-conditioned bundle with conditioning=latent: the dynamics trunk
+    carries over, the action embeddings (6 actions there, one per LAM code here) start fresh."""
+    from training.pipeline import build_config, run
+
+    root, _, _ = pipeline_run
+    source = worldmodel.load(root / "run" / "bundle")
+    shutil.copytree(root / "run" / "lam", tmp_path / "latent" / "lam")
+    run(build_config(dict(preset="tiny", out=str(tmp_path / "latent"), dataset=str(root / "data"),
+                          heldout=str(root / "heldout"), progress=False, start_windows=2, conditioning="latent",
+                          labelled_steps=20, stages=["dynamics"], init_from=str(root / "run" / "bundle"),
+                          export=str(tmp_path / "bundle"), budget={"dynamics": {"steps": 0}})))
+    model = worldmodel.load(tmp_path / "bundle")
+    assert model.conditioning == "latent" and model.dynamics_config.num_actions == model.lam_config.num_codes
+    theirs = source.dynamics.state_dict()
+    for k, v in model.dynamics.state_dict().items():
+        if k.startswith("blocks."):
+            torch.testing.assert_close(v, theirs[k], msg=k)
+    assert model.dynamics.action_emb.weight.shape != theirs["action_emb.weight"].shape

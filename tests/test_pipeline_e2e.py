@@ -204,6 +204,17 @@ def test_warm_start_from_a_bundle(pipeline_run, tmp_path):
     assert grown.reward_model is not None
     for (k, a), b in zip(grown.dynamics.state_dict().items(), source.dynamics.state_dict().values()):
         torch.testing.assert_close(a, b.half().float(), rtol=0, atol=0, msg=k)   # stored as float16
+    # A stage not run keeps the bundle's model with the bundle's own config, even where this
+    # preset builds that model otherwise (here: a LAM of an older design).
+    from worldmodel.config import LAMConfig
+    from worldmodel.lam import LatentActionModel
+
+    old_cfg = LAMConfig(history=1, channels=(8, 8, 8, 8), frame_differences=False, spatial_readout=False,
+                        normalize_latent=False)
+    dataclasses.replace(source, lam=LatentActionModel(old_cfg), lam_config=old_cfg).save(tmp_path / "old-lam")
+    run(build_config(dict(common, out=str(tmp_path / "keep"), init_from=str(tmp_path / "old-lam"),
+                          budget={"dynamics": {"steps": 0}}, export=str(tmp_path / "kept"))))
+    assert worldmodel.load(tmp_path / "kept").lam_config == old_cfg
     # The bundle names every command it grew from, oldest first.
     assert grown.info["commands"][:-1] == [source.info["command"]] == source.info["commands"]
     assert grown.info["commands"][-1] == grown.info["command"]

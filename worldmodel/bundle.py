@@ -35,6 +35,9 @@ from worldmodel.tokenizer import build_tokenizer
 BUNDLE_FORMAT = "dreamgame-bundle"
 BUNDLE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+LAM_BEFORE_V2 = {"decoder_channels": None, "frame_differences": False, "spatial_readout": False,
+                 "normalize_latent": False}
+"""The latent-action model's design in bundles written before these config fields existed."""
 """Where the shipped bundles live; ``load("pong")`` reads ``SHIPPED_DIR / "pong"``."""
 
 
@@ -244,7 +247,7 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> Mod
         tok_cfg = TokenizerConfig(**cfg["tokenizer"])
         # Bundles written before the previous-frame skip existed predict frames without it.
         dyn_cfg = DynamicsConfig(**{"prev_skip": False, **cfg["dynamics"]})
-        lam_cfg = LAMConfig(**cfg["lam"]) if cfg.get("lam") else None
+        lam_cfg = LAMConfig(**{**LAM_BEFORE_V2, **cfg["lam"]}) if cfg.get("lam") else None
         reward_cfg = RewardConfig(**cfg["reward"]) if cfg.get("reward") else None
         sampler = SamplerConfig(**cfg.get("sampler", {}))
     except (KeyError, TypeError, ValueError) as e:

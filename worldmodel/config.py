@@ -76,21 +76,35 @@ class LAMConfig:
         history: frames before ``x_t`` the encoder and decoder also see (momentum).
         fsq_levels: levels per dimension of the finite scalar quantizer; the codebook size
             is their product.
-        channels: conv widths of the encoder and decoder.
+        channels: conv widths of the encoder.
+        decoder_channels: conv widths of the decoder (``None``: the encoder's).
         frame_size: frame height and width.
+        frame_differences: the encoder also sees the differences of consecutive frames.
+        spatial_readout: the encoder reads its last feature map out whole (flattened), where
+            the object that moved is, instead of averaging it over the frame.
+        normalize_latent: batch-normalise the quantizer's input, so that the codes stay spread
+            over the codebook (without it the shipped Pong LAM collapsed onto one code).
     """
 
     history: int = 2
     fsq_levels: tuple[int, ...] = (3, 3)
     channels: tuple[int, ...] = (32, 64, 128, 128)
+    decoder_channels: tuple[int, ...] | None = (16, 32, 64, 64)
     frame_size: int = 64
+    frame_differences: bool = True
+    spatial_readout: bool = True
+    normalize_latent: bool = True
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
         self.channels = tuple(self.channels)
+        self.decoder_channels = tuple(self.decoder_channels) if self.decoder_channels else None
         check_positive(self, "history", "frame_size")
         if not self.fsq_levels or min(self.fsq_levels) < 2:
             raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
+        if self.spatial_readout and self.frame_size % 2 ** len(self.channels):
+            raise ValueError(f"LAMConfig.spatial_readout needs frame_size {self.frame_size} divisible by "
+                             f"2 ** {len(self.channels)} (one halving per encoder layer)")
 
     @property
     def num_codes(self) -> int:
@@ -231,7 +245,7 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(
         tokenizer=TokenizerConfig(kind="patch", patch_size=8, hidden_channels=(8, 16, 16), latent_channels=4),
-        lam=LAMConfig(history=1, channels=(8, 16, 16, 16)),
+        lam=LAMConfig(history=1, channels=(8, 16, 16, 16), decoder_channels=None),
         dynamics=DynamicsConfig(width=64, depth=2, heads=2, context_frames=4),
         sampler=SamplerConfig(steps=2),
         reward=RewardConfig(channels=(8, 16), hidden=16),
@@ -240,7 +254,7 @@ PRESETS: dict[str, ModelPreset] = {
     "cpu": ModelPreset(sampler=SamplerConfig(steps=1, change_threshold=48)),
     "gpu": ModelPreset(
         tokenizer=TokenizerConfig(kind="patch", patch_size=8),
-        lam=LAMConfig(channels=(64, 128, 256, 256)),
+        lam=LAMConfig(channels=(64, 128, 256, 256), decoder_channels=(32, 64, 128, 128)),
         dynamics=DynamicsConfig(width=512, depth=12, heads=8, context_frames=16),
     ),
 }

@@ -1,11 +1,16 @@
 """The latent-action model (LAM), after Genie (Bruce et al. 2024, "Genie: Generative
 Interactive Environments", section 2.1).
 
-The encoder sees ``x_{t+1}`` and ``history + 1`` frames up to ``x_t`` and emits a discrete
-code ``z_t`` from a small codebook (finite scalar quantization, Mentzer et al. 2023,
-"Finite Scalar Quantization: VQ-VAE Made Simple", which cannot collapse onto a few codes
-the way a VQ codebook can). The decoder rebuilds ``x_{t+1}`` from the frames up to ``x_t``
-and the code only; it never sees ``x_{t+1}``, so the code has to carry the change.
+The encoder sees ``x_{t+1}`` and ``history + 1`` frames up to ``x_t`` (and, with
+``frame_differences``, their consecutive differences) and emits a discrete code ``z_t`` from
+a small codebook (finite scalar quantization, Mentzer et al. 2023, "Finite Scalar
+Quantization: VQ-VAE Made Simple"). The decoder rebuilds ``x_{t+1}`` from the frames up to
+``x_t`` and the code only; it never sees ``x_{t+1}``, so the code has to carry the change.
+
+FSQ has no codebook to collapse, but its input can: a quantizer input that stays inside one
+rounding bin gives every transition the same code, which is what the first shipped Pong LAM
+learned (perplexity 1.0). ``normalize_latent`` batch-normalises that input (without learned
+scale), which keeps it spread over the bins.
 """
 
 from __future__ import annotations
@@ -74,16 +79,19 @@ class LatentActionModel(nn.Module):
     def __init__(self, cfg: LAMConfig):
         super().__init__()
         self.cfg = cfg
-        ch = cfg.channels
         k = cfg.history + 1
-        enc, c_prev = [], 3 * (k + 1)
-        for c in ch:
+        enc, c_prev = [], 3 * (k + 1) + (3 * k if cfg.frame_differences else 0)
+        for c in cfg.channels:
             enc.append(_down(c_prev, c))
             c_prev = c
         self.encoder = nn.Sequential(*enc)
-        self.to_latent = nn.Linear(ch[-1], len(cfg.fsq_levels))
+        grid = cfg.frame_size // 2 ** len(cfg.channels)
+        self.to_latent = nn.Linear(c_prev * (grid * grid if cfg.spatial_readout else 1), len(cfg.fsq_levels))
+        self.latent_norm = (nn.BatchNorm1d(len(cfg.fsq_levels), affine=False) if cfg.normalize_latent
+                            else nn.Identity())
         self.fsq = FSQ(cfg.fsq_levels)
         # Decoder: a small U-Net over the past frames, with the code injected at every scale.
+        ch = cfg.decoder_channels or cfg.channels
         self.dec_down = nn.ModuleList()
         c_prev = 3 * k
         for c in ch:
@@ -99,8 +107,12 @@ class LatentActionModel(nn.Module):
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``frames (B, history+2, 3, H, W)`` -> (FSQ values ``(B, d)``, codes ``(B,)`` int64)."""
-        h = self.encoder(rearrange(frames, "b k c h w -> b (k c) h w"))
-        return self.fsq(self.to_latent(h.mean(dim=(-2, -1))))
+        x = rearrange(frames, "b k c h w -> b (k c) h w")
+        if self.cfg.frame_differences:   # scaled up: a moving object's change is a few pixels of the frame
+            x = torch.cat([x, 4 * rearrange(frames[:, 1:] - frames[:, :-1], "b k c h w -> b (k c) h w")], dim=1)
+        h = self.encoder(x)
+        h = h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1))
+        return self.fsq(self.latent_norm(self.to_latent(h)))
 
     def decode(self, past: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted ``x_{t+1} (B, 3, H, W)``."""
