@@ -173,22 +173,13 @@ def test_a_bundle_from_before_the_lam_options_loads_its_lam_as_it_was_built():
     assert worldmodel.infer_latent_actions(model, frames).shape == (len(frames) - 1,)
 
 
-def test_latent_dynamics_warm_start_from_an_actions_bundle(pipeline_run, tmp_path):
-    """init_from an actions-conditioned bundle with conditioning=latent: the dynamics trunk
-    carries over, the action embeddings (6 actions there, one per LAM code here) start fresh."""
+def test_latent_dynamics_do_not_start_from_an_actions_bundle(pipeline_run, tmp_path):
+    """Dynamics trained without labels must not inherit weights that learnt from them."""
     from training.pipeline import build_config, run
 
     root, _, _ = pipeline_run
-    source = worldmodel.load(root / "run" / "bundle")
     shutil.copytree(root / "run" / "lam", tmp_path / "latent" / "lam")
-    run(build_config(dict(preset="tiny", out=str(tmp_path / "latent"), dataset=str(root / "data"),
-                          heldout=str(root / "heldout"), progress=False, start_windows=2, conditioning="latent",
-                          labelled_steps=20, stages=["dynamics"], init_from=str(root / "run" / "bundle"),
-                          export=str(tmp_path / "bundle"), budget={"dynamics": {"steps": 0}})))
-    model = worldmodel.load(tmp_path / "bundle")
-    assert model.conditioning == "latent" and model.dynamics_config.num_actions == model.lam_config.num_codes
-    theirs = source.dynamics.state_dict()
-    for k, v in model.dynamics.state_dict().items():
-        if k.startswith("blocks."):
-            torch.testing.assert_close(v, theirs[k], msg=k)
-    assert model.dynamics.action_emb.weight.shape != theirs["action_emb.weight"].shape
+    with pytest.raises(ValueError, match="cannot start from .*conditioning='actions'"):
+        run(build_config(dict(preset="tiny", out=str(tmp_path / "latent"), dataset=str(root / "data"),
+                              heldout=str(root / "heldout"), progress=False, conditioning="latent",
+                              stages=["dynamics"], init_from=str(root / "run" / "bundle"))))

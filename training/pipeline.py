@@ -239,8 +239,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         if name in cfg.stages:
             if (warm is not None and not has_state(out / name)
-                    and not _warm_start(module, module_cfg, warm, name, other_game=other_game,
-                                        new_actions=new_actions)):
+                    and not _warm_start(module, module_cfg, warm, name, other_game=other_game)):
                 print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
             sampler = WindowSampler(episodes, window, seed=distributed.seed(seed))  # each rank its own windows
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
@@ -260,8 +259,11 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
     warm = load(cfg.init_from) if cfg.init_from else None
     other_game = warm is not None and warm.game != cfg.game   # transfer: only the stages run here start from it
-    # Other actions to condition on (another game's, or latent codes instead of the game's): fresh embeddings.
-    new_actions = warm is not None and (other_game or warm.conditioning != cfg.conditioning)
+    if (warm is not None and not other_game and "dynamics" in cfg.stages and cfg.conditioning == "latent"
+            and warm.conditioning != "latent"):
+        raise ValueError("conditioning=latent trains the dynamics without action labels: it cannot start from "
+                         f"{cfg.init_from!r}, whose dynamics model learnt from them (conditioning="
+                         f"{warm.conditioning!r}); leave init_from out, or start from a latent bundle")
     tokenizer = build_tokenizer(m.tokenizer).to(device)
     if m.tokenizer.kind != "patch":
         tokenizer = stage("tokenizer", tokenizer, m.tokenizer,
@@ -408,24 +410,20 @@ HEAD_FIELDS = {"dynamics": {"palette_size"}}
 rest of the weights and starts the head fresh."""
 
 GAME_FIELDS = {"dynamics": {"num_actions"}, "reward": {"num_actions"}}
-"""Config fields that may differ on a warm start from another game's bundle, or from a bundle
-conditioned otherwise (actions vs latent codes): the tensors whose shape they change (the
-action embeddings) start fresh."""
+"""Config fields that may differ on a warm start from another game's bundle: the tensors whose
+shape they change (the action embeddings) start fresh."""
 
 GAME_TENSORS = {"palette"}
 """Tensors fitted to a game's frames: a warm start from another game's bundle keeps this run's."""
 
 
 def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: str, *,
-                other_game: bool = False, new_actions: bool = False) -> bool:
+                other_game: bool = False) -> bool:
     """Copy a bundle's weights of stage ``name`` into ``module``.
 
     Args:
         other_game: the bundle is of another game (transfer): its action embeddings and palette
             are not copied (:data:`GAME_FIELDS`, :data:`GAME_TENSORS`).
-        new_actions: the module conditions on other actions than the bundle's (another game, or
-            latent codes instead of the game's actions): the action count may differ, and the
-            action embeddings of another count start fresh.
 
     Returns:
         Whether the bundle has that model (one written before the stage existed has not, and
@@ -439,7 +437,7 @@ def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: 
         return False
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-    allowed = HEAD_FIELDS.get(name, set()) | (GAME_FIELDS.get(name, set()) if other_game or new_actions else set())
+    allowed = HEAD_FIELDS.get(name, set()) | (GAME_FIELDS.get(name, set()) if other_game else set())
     beyond = sorted(set(diff) - allowed)
     if beyond:
         bad = beyond[0]
