@@ -41,7 +41,7 @@ BUDGETS: dict[str, TrainBudget] = {
     "cpu": TrainBudget(
         record=RecordBudget(episodes=70, heldout_episodes=6, max_steps=1500, num_envs=2),
         tokenizer=StageBudget(steps=3000, minutes=10, batch_size=8, lr=1e-3, warmup=100),
-        lam=StageBudget(steps=3000, minutes=6, batch_size=16, lr=1e-3, warmup=100),
+        lam=StageBudget(steps=2400, minutes=12, batch_size=32, lr=1e-3, warmup=100),
         reward=StageBudget(steps=3000, minutes=8, batch_size=64, lr=1e-3, warmup=100, ema=0.99),
         dynamics=StageBudget(steps=5500, minutes=55, batch_size=8, lr=4e-4, warmup=200, ema=0.999),
     ),
