@@ -35,10 +35,10 @@ from worldmodel.tokenizer import build_tokenizer
 BUNDLE_FORMAT = "dreamgame-bundle"
 BUNDLE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+"""Where the shipped bundles live; ``load("pong")`` reads ``SHIPPED_DIR / "pong"``."""
 LAM_BEFORE_V2 = {"decoder_channels": None, "frame_differences": False, "spatial_readout": False,
                  "normalize_latent": False}
 """The latent-action model's design in bundles written before these config fields existed."""
-"""Where the shipped bundles live; ``load("pong")`` reads ``SHIPPED_DIR / "pong"``."""
 
 
 class CheckpointError(ValueError):
