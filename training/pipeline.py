@@ -16,7 +16,6 @@ snapshots, metrics and the bundle, and runs the evaluation.
 
 from __future__ import annotations
 
-import copy
 import json
 import shlex
 import sys
@@ -254,7 +253,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             source, source_cfg = _bundle_part(warm, name)   # with its own config (it may predate the preset's)
             if source is not None:
                 setattr(m, name, source_cfg)
-                return copy.deepcopy(source).float().to(device).eval()
+                return source.to(device).eval()
         return None
 
     warm = load(cfg.init_from) if cfg.init_from else None
@@ -382,12 +381,12 @@ def fit_key_to_code_map(lam: LatentActionModel, episodes, num_actions: int, labe
     picks = rng.choice(ends[-1], size=min(labelled_steps, int(ends[-1])), replace=False)
     ep_of = np.searchsorted(ends, picks, side="right")
     steps = picks - np.concatenate([[0], ends[:-1]])[ep_of]
-    # Each transition x_i -> x_{i+1} with its history, the first frame repeated before an
-    # episode's start (as LatentActionModel.infer pads): one batch, one LAM call.
+    # Each transition x_i -> x_{i+1} as the encoder's window, its history with the first frame
+    # repeated before an episode's start (as LatentActionModel.infer pads): one batch, one pass.
     offsets = np.arange(-lam.cfg.history, 2)
-    clips = np.stack([episodes[e].frames[np.clip(i + offsets, 0, None)] for e, i in zip(ep_of, steps)])
+    windows = np.stack([episodes[e].frames[np.clip(i + offsets, 0, None)] for e, i in zip(ep_of, steps)])
     with torch.no_grad():
-        codes = lam.infer(frames_to_tensor(torch.as_tensor(clips, device=device)))[:, -1].cpu().numpy()
+        codes = lam.encode(frames_to_tensor(torch.as_tensor(windows, device=device)))[1].cpu().numpy()
     actions = [episodes[e].actions[i] for e, i in zip(ep_of, steps)]
     return fit_action_codes(codes, actions, num_actions=num_actions, num_codes=lam.fsq.num_codes).tolist()
 
