@@ -68,12 +68,13 @@ class DreamEnv(gym.Env):
         sampling_steps: denoising steps per frame (default: the checkpoint's).
         device: torch device of the model.
         backend: the :class:`worldmodel.Simulator` backend (``"auto"``, ``"torch"``, ...).
+        precision: the Simulator's arithmetic (``"auto"``, ``"float32"``, ``"bfloat16"``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
 
     def __init__(self, checkpoint: Any = "pong", render_mode: str | None = None, *, sampling_steps: int | None = None,
-                 device: str = "cpu", backend: str = "auto"):
+                 device: str = "cpu", backend: str = "auto", precision: str = "auto"):
         from worldmodel import ModelBundle, Simulator, load
 
         if render_mode not in (None, "rgb_array"):
@@ -84,7 +85,8 @@ class DreamEnv(gym.Env):
         size = self.model.tokenizer_config.frame_size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(self.model.control_actions)
-        self.sim = Simulator(self.model, batch_size=1, backend=backend, sampling_steps=sampling_steps)
+        self.sim = Simulator(self.model, batch_size=1, backend=backend, sampling_steps=sampling_steps,
+                             precision=precision)
         self._frame: np.ndarray | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

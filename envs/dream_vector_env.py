@@ -64,6 +64,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         sampling_steps: denoising steps per frame (default: the checkpoint's).
         device: torch device of the model (when ``checkpoint`` is not loaded yet).
         backend: the :class:`worldmodel.Simulator` backend (``"auto"``, ``"torch"``, ...).
+        precision: the Simulator's arithmetic (``"auto"``, ``"float32"``, ``"bfloat16"``).
         torch_observations: return observations as torch tensors on the model's device.
 
     Raises:
@@ -74,7 +75,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, checkpoint: Any = "pong", num_envs: int = 1, render_mode: str | None = None, *,
                  max_episode_steps: int | None = None, sampling_steps: int | None = None, device: str = "cpu",
-                 backend: str = "auto", torch_observations: bool = False):
+                 backend: str = "auto", precision: str = "auto", torch_observations: bool = False):
         from worldmodel import ModelBundle, Simulator, load
 
         if num_envs < 1:
@@ -94,7 +95,8 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = gym.spaces.Discrete(self.model.control_actions)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.sim = Simulator(self.model, batch_size=num_envs, backend=backend, sampling_steps=sampling_steps)
+        self.sim = Simulator(self.model, batch_size=num_envs, backend=backend, sampling_steps=sampling_steps,
+                             precision=precision)
         self.device = self.sim.device
         self._rngs: list[np.random.Generator] | None = None                  # one per sub-env
         self._frames: np.ndarray | None = None                               # (B, H, W, 3) uint8

@@ -32,7 +32,7 @@ def _main(cfg: DictConfig) -> None:
                               video=cfg.video, seed=cfg.seed)
         model = load(cfg.checkpoint, device=cfg.device)
         session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps,
-                              backend=prepare_backend(model, cfg.backend))
+                              backend=prepare_backend(model, cfg.backend), precision=cfg.precision)
         app = PygameApp(session, window)
         played = app.run()
     except (CheckpointError, ValueError) as e:
@@ -41,7 +41,7 @@ def _main(cfg: DictConfig) -> None:
         hint = " (no display? try headless=true)" if not cfg.headless else ""
         sys.exit(f"error: pygame: {e}{hint}")
     print(f"played {played} steps at {session.fps:.1f} frames/s (median step {session.latency_ms:.1f} ms, "
-          f"{session.sim.backend} backend)")
+          f"{session.sim.backend} backend, {session.sim.precision})")
     for side, recorder in (("dream", app.dream_recorder), ("real", app.real and app.real.recorder)):
         if recorder is not None:
             print(f"recorded {recorder.episodes_written} {side} episode(s) into {recorder.writer.root}")

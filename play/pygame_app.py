@@ -284,7 +284,7 @@ class PygameApp:
             pg.draw.line(self.screen, HUD_WHITE, (dream_x, 0), (dream_x, self.panel[1]), 2)
             self._text(f"real game   episode {self.real.episode}   score {self.real.score:+.0f}", (4, 4), LABEL_REAL)
             self._text("dream", (dream_x + 4, 4 + line), LABEL_DREAM)
-        hud = (f"{s.model.game}   {s.fps:4.1f} fps   {s.latency_ms:5.1f} ms ({s.sim.backend})   "
+        hud = (f"{s.model.game}   {s.fps:4.1f} fps   {s.latency_ms:5.1f} ms ({s.sim.backend}, {s.sim.precision})   "
                f"step {s.step_count}   score {s.score:+.0f}")
         status = self.controls.status()
         hud += f"   {status}" if status else ""

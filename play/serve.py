@@ -95,6 +95,7 @@ class ServerConfig:
         stats_interval_s: seconds between two ``stats`` messages to a client.
         backend: Simulator backend of the sessions (``auto``, ``torch``, ``onnx``); the
             command line resolves ``auto`` with :func:`play.session.prepare_backend`.
+        precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see :class:`~worldmodel.simulator.Simulator`).
 
     Raises:
         ValueError: a setting out of range (the message quotes it).
@@ -111,6 +112,7 @@ class ServerConfig:
     workers: int = 1
     stats_interval_s: float = 1.0
     backend: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:
@@ -386,7 +388,7 @@ class DreamServer:
 
     def _new_session(self, number: int) -> PlaySession:
         return PlaySession(self.model, seed=self.cfg.seed + number, sampling_steps=self.cfg.sampling_steps,
-                           backend=self.cfg.backend)
+                           backend=self.cfg.backend, precision=self.cfg.precision)
 
     def _hello(self) -> dict:
         h, w = self.model.start_frames.shape[-3:-1]
@@ -558,7 +560,7 @@ def _main(cfg: DictConfig) -> None:
                                   allowed_origins=[origins] if isinstance(origins, str) else origins,
                                   max_message_bytes=cfg.max_message_bytes, fps=cfg.fps,
                                   sampling_steps=cfg.sampling_steps, seed=cfg.seed, workers=cfg.workers,
-                                  stats_interval_s=cfg.stats_interval_s)
+                                  stats_interval_s=cfg.stats_interval_s, precision=cfg.precision)
         model = load(cfg.checkpoint, device=cfg.device)
         server_cfg.backend = prepare_backend(model, cfg.backend)
         asyncio.run(run_server(model, server_cfg))

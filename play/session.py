@@ -70,6 +70,7 @@ class PlaySession:
         seed: seeds the choice of start windows and the sampling noise.
         sampling_steps: denoising steps per frame (default: the bundle's).
         backend: Simulator backend.
+        precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see :class:`~worldmodel.simulator.Simulator`).
 
     Attributes:
         step_count: steps since the last reset.
@@ -77,11 +78,12 @@ class PlaySession:
     """
 
     def __init__(self, model: ModelBundle, *, seed: int = 0, sampling_steps: int | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", precision: str = "auto"):
         self.model = model
         self.spec = model.game_spec
         self.rng = np.random.default_rng(seed)
-        self.sim = Simulator(model, batch_size=1, backend=backend, seed=seed, sampling_steps=sampling_steps)
+        self.sim = Simulator(model, batch_size=1, backend=backend, seed=seed, sampling_steps=sampling_steps,
+                             precision=precision)
         self._latencies: deque[float] = deque(maxlen=60)
         self._ticks: deque[float] = deque(maxlen=60)
         self.step_count = 0

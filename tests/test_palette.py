@@ -53,6 +53,34 @@ def test_palette_distances_match_the_direct_formula():
     torch.testing.assert_close(palette_distances(pixels, palette), direct, atol=1e-5, rtol=0)
 
 
+def test_palette_targets_look_up_palette_pixels_and_measure_the_rest():
+    """The packed-RGB lookup gives argmin's answer for palette pixels, off-palette pixels and a
+    palette that holds a colour twice (padding): the lower index wins, as with argmin."""
+    model = _model()
+    colours = PALETTE.copy()
+    colours[3] = colours[1]                                                   # a duplicate colour
+    model.set_palette(colours)
+    rng = np.random.default_rng(0)
+    pixels = colours[rng.integers(len(colours), size=(2, 3, 16))].astype(np.float32)   # (2, 3, P=16, 3)
+    pixels[0, 0, :5] += rng.uniform(-40, 40, size=(5, 3))                     # off the palette
+    pixels[1, 2, 7] += 0.3                                                    # not an 8-bit colour
+    tokens = torch.as_tensor(pixels.clip(0, 255) / 127.5 - 1.0, dtype=torch.float32).flatten(-2)
+    expected = palette_distances(tokens, model.palette).argmin(-1)
+    assert torch.equal(model.palette_targets(tokens), expected)
+    assert not (model.palette_targets(tokens) == 3).any()                    # index 1 holds the same colour
+
+
+def test_predict_returns_the_last_frames_of_the_full_prediction():
+    model = _model().eval()
+    g = torch.Generator().manual_seed(1)
+    tokens, skip = torch.randn(2, 3, 4, 48, generator=g), torch.randn(2, 3, 4, 48, generator=g)
+    levels, actions = torch.rand(2, 3, generator=g), torch.tensor([[0, 1, 2], [2, 1, 0]])
+    with torch.no_grad():
+        full = model(tokens, levels, actions, skip_tokens=skip, logits=True)
+        last = model(tokens, levels, actions, skip_tokens=skip[:, 2:], logits=True, predict=1)
+    torch.testing.assert_close(last, full[:, 2:])
+
+
 def test_an_untrained_palette_model_copies_the_previous_frame():
     model = _model().eval()
     tok = build_tokenizer(TokenizerConfig(kind="patch", frame_size=8, patch_size=4))
@@ -151,7 +179,7 @@ def test_onnx_palette_dream_matches_torch(pong_trajectory, tmp_path, monkeypatch
     frames, actions = pong_trajectory
     bundle = make_tiny_bundle(np.stack([frames[2:5], frames[6:9]]), np.stack([actions[2:4], actions[6:8]]),
                               palette_size=16)
-    sims = [Simulator(bundle, batch_size=2, backend=b, seed=3) for b in ("onnx", "torch")]
+    sims = [Simulator(bundle, batch_size=2, backend=b, seed=3, precision="float32") for b in ("onnx", "torch")]
     for sim in sims:
         sim.reset(bundle.start_frames.numpy(), bundle.start_actions.numpy())
     rng = np.random.default_rng(0)

@@ -40,7 +40,7 @@ import numpy as np
 
 from recorders.dataset import Episode
 from worldmodel.bundle import ModelBundle
-from worldmodel.simulator import Simulator
+from worldmodel.simulator import Simulator, resolve_precision
 
 #: Error charged to a position read-out when the object is visible in only one of the two
 #: frames (real, dream): the diagonal of a 64x64 frame, so a missing object counts as a miss.
@@ -181,13 +181,15 @@ def window_conditioning(model: ModelBundle, frames: np.ndarray, actions: np.ndar
 
 
 def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,
-                           sampling_steps: int | None = None, prime: int | None = None,
+                           sim_options: dict | None = None, prime: int | None = None,
                            random_actions: bool = False, keymap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Prime with ``prime`` real frames (default ``context_frames``; the Simulator keeps the
     newest that fit its window), then step ``horizon`` times with the recorded actions (for
     a ``"latent"`` bundle, what :func:`window_conditioning` makes of them).
 
     Args:
+        sim_options: keyword arguments of the :class:`~worldmodel.simulator.Simulator`
+            (``sampling_steps``, ``precision``, ...); every function here that dreams takes them.
         random_actions: step with uniformly random actions (or codes) instead (same windows
             and noise seed), for Genie's ΔPSNR.
         keymap: a latent bundle steps with the recorded actions through its key-to-code map,
@@ -205,7 +207,7 @@ def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horiz
         rng = np.random.default_rng(seed + 1)
         actions = actions.copy()
         actions[:, ctx - 1:] = rng.integers(model.dynamics_config.num_actions, size=actions[:, ctx - 1:].shape)
-    sim = Simulator(model, batch_size=len(data), seed=seed, sampling_steps=sampling_steps)
+    sim = Simulator(model, batch_size=len(data), seed=seed, **(sim_options or {}))
     sim.reset(frames[:, :ctx], actions[:, :ctx - 1])
     dream = np.stack([sim.step(actions[:, ctx - 1 + k])[0] for k in range(horizon)], axis=1)
     return frames[:, ctx - 1:], dream
@@ -248,7 +250,7 @@ def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_s
 
 
 def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4, 16), windows: int = 32,
-                   seed: int = 0, sampling_steps: int | None = None, with_ssim: bool = False,
+                   seed: int = 0, sim_options: dict | None = None, with_ssim: bool = False,
                    curves: dict | None = None) -> dict:
     """Teacher-forced rollout figures at the given horizons.
 
@@ -259,7 +261,7 @@ def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 
         ``{figure: {h: value}, ..., "windows": n}`` with the figures of :func:`rollout_curves`.
     """
     real_all, dream = teacher_forced_rollout(model, episodes, horizon=max(horizons), windows=windows, seed=seed,
-                                             sampling_steps=sampling_steps)
+                                             sim_options=sim_options)
     all_curves = rollout_curves(real_all, dream, model.game, with_ssim=with_ssim)
     if curves is not None:
         curves.update(all_curves)
@@ -269,7 +271,7 @@ def teacher_forced(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 
 
 
 def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1, 4), windows: int = 32,
-                    seed: int = 0, sampling_steps: int | None = None) -> dict:
+                    seed: int = 0, sim_options: dict | None = None) -> dict:
     """Genie's ΔPSNR: PSNR(real, dream with real actions) - PSNR(real, dream with random actions).
 
     Both dreams start from the same windows with the same noise seed; positive values mean the
@@ -283,7 +285,7 @@ def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1,
     """
     h = max(horizons)
     run = lambda **kw: teacher_forced_rollout(model, episodes, horizon=h, windows=windows, seed=seed,  # noqa: E731
-                                              sampling_steps=sampling_steps, **kw)
+                                              sim_options=sim_options, **kw)
     real, with_real = run()
     dreams = {"real": with_real, "random": run(random_actions=True)[1]}
     if model.conditioning == "latent" and model.action_codes is not None:
@@ -300,7 +302,7 @@ def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1,
 
 
 def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed: int = 0, margin: float = 2.0,
-                   up: int = 2, down: int = 3, sampling_steps: int | None = None) -> dict:
+                   up: int = 2, down: int = 3, sim_options: dict | None = None) -> dict:
     """Pong: does holding Up leave the green paddle higher than holding Down?
 
     For each start window of the bundle (cycled up to ``starts``), two dreams with the same
@@ -323,7 +325,7 @@ def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed:
     actions = model.start_actions.numpy()[idx]
     rows, intact = {}, np.ones(starts, bool)
     for name, action in (("up", up), ("down", down)):
-        sim = Simulator(model, batch_size=starts, seed=seed, sampling_steps=sampling_steps)
+        sim = Simulator(model, batch_size=starts, seed=seed, **(sim_options or {}))
         sim.reset(frames, actions)
         for _ in range(hold):
             last, _, _ = sim.step(model.to_conditioning(np.full(starts, action)))
@@ -456,7 +458,7 @@ def latent_action_quality(model: ModelBundle, episodes: list[Episode], *, labell
 
 
 def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000, dreams: int = 1, seed: int = 0,
-             max_repeat: int = 8, progress: bool = True) -> tuple[dict, dict]:
+             max_repeat: int = 8, progress: bool = True, sim_options: dict | None = None) -> tuple[dict, dict]:
     """Free play for ``steps`` steps with random held actions, from the bundle's first start windows.
 
     Returns:
@@ -482,7 +484,7 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         return m
 
     idx = np.arange(dreams) % len(model.start_frames)
-    sim = Simulator(model, batch_size=dreams, seed=seed)
+    sim = Simulator(model, batch_size=dreams, seed=seed, **(sim_options or {}))
     sim.reset(model.start_frames.numpy()[idx], model.start_actions.numpy()[idx])
     policy = RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
     series: dict[str, list] = {}
@@ -510,11 +512,12 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
 
 
 def write_video(model: ModelBundle, episodes: list[Episode], path: str | Path, *, windows: int = 4, horizon: int = 32,
-                seed: int = 0, scale: int = 4) -> Path:
+                seed: int = 0, scale: int = 4, sim_options: dict | None = None) -> Path:
     """A GIF of ``real | dream | |difference|`` rows, one row per window, teacher-forced."""
     import imageio.v3 as iio
 
-    real_all, dream = teacher_forced_rollout(model, episodes, horizon=horizon, windows=windows, seed=seed + 1)
+    real_all, dream = teacher_forced_rollout(model, episodes, horizon=horizon, windows=windows, seed=seed + 1,
+                                             sim_options=sim_options)
     video = []
     for k in range(horizon):
         real, fake = real_all[:, k + 1], dream[:, k]
@@ -551,6 +554,7 @@ class EvalConfig:
         long_run_dreams: dreams stepped together in the long run.
         video_windows: rows of the real | dream | difference video.
         sampling_steps: denoising steps (default: the bundle's).
+        precision: the Simulator's ``precision`` (``auto``, ``float32``, ``bfloat16``).
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds window choice, sampling noise and the random actions.
         progress: progress bars.
@@ -567,6 +571,7 @@ class EvalConfig:
     long_run_dreams: int = 1
     video_windows: int = 4
     sampling_steps: int | None = None
+    precision: str = "auto"
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -617,7 +622,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     episodes = ensure_heldout(cfg, model.game)
     out = Path(cfg.out or f"runs/eval-{model.game}")
     out.mkdir(parents=True, exist_ok=True)
+    sim_options = {"sampling_steps": cfg.sampling_steps, "precision": cfg.precision}
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
+                    "precision": resolve_precision(cfg.precision, next(model.dynamics.parameters()).device),
                     "heldout": {"episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
 
     def stage(name: str) -> None:
@@ -628,13 +635,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     stage("teacher-forced rollouts")
     curves: dict = {}
     report["teacher_forced"] = teacher_forced(model, episodes, horizons=cfg.horizons, windows=cfg.windows,
-                                              seed=cfg.seed, sampling_steps=cfg.sampling_steps, with_ssim=True,
+                                              seed=cfg.seed, sim_options=sim_options, with_ssim=True,
                                               curves=curves)
     stage("controllability")
     report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons, windows=cfg.windows,
-                                                seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+                                                seed=cfg.seed, sim_options=sim_options)
     if model.game == "pong":
-        report["paddle_control"] = paddle_control(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps)
+        report["paddle_control"] = paddle_control(model, seed=cfg.seed, sim_options=sim_options)
     if model.lam is not None:
         stage("latent actions")
         report["latent_actions"] = latent_action_quality(model, episodes, seed=cfg.seed)
@@ -644,7 +651,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.long_run_steps:
         stage(f"long run ({cfg.long_run_steps} steps)")
         report["long_run"], series = long_run(model, episodes, steps=cfg.long_run_steps, dreams=cfg.long_run_dreams,
-                                              seed=cfg.seed, progress=cfg.progress)
+                                              seed=cfg.seed, progress=cfg.progress, sim_options=sim_options)
     stage("plots and video")
     from training.plots import plot_drift, plot_long_run
 
@@ -655,7 +662,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     horizon = min(32, min(len(e.frames) for e in episodes) - model.dynamics_config.context_frames)
     if horizon >= 1:
         report["files"]["video"] = str(write_video(model, episodes, out / "real_vs_dream.gif", horizon=horizon,
-                                                   windows=cfg.video_windows, seed=cfg.seed))
+                                                   windows=cfg.video_windows, seed=cfg.seed, sim_options=sim_options))
     np.savez(out / "curves.npz", **curves)
     report["wall_seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))

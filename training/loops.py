@@ -165,15 +165,6 @@ def _amp_context(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], tuple[torch.Tensor, dict]],
               budget: StageBudget, out_dir: Path, rng: np.random.Generator, *, device: torch.device, amp: bool,
               frames_per_step: int, progress: bool = True, generators: dict[str, torch.Generator] | None = None,

@@ -30,13 +30,12 @@ from envs.games import get_game
 from recorders.collect import RecordConfig, record
 from recorders.dataset import NULL_ACTION, DatasetError, EpisodeDataset, WindowSampler, episode_paths
 from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
-from training.loops import (Distributed, cpu_supports_bf16, dynamics_loss_fn, lam_loss_fn, reward_loss_fn,
-                            run_stage, tokenizer_loss_fn)
+from training.loops import Distributed, dynamics_loss_fn, lam_loss_fn, reward_loss_fn, run_stage, tokenizer_loss_fn
 from training.presets import TrainBudget, get_budget
 from training.train_state import has_state, load_trained
 from worldmodel.bundle import ModelBundle, load
 from worldmodel.config import ModelPreset, get_preset, to_dict, update_dataclass
-from worldmodel.device import resolve_device
+from worldmodel.device import cpu_supports_bf16, resolve_device
 from worldmodel.dynamics import DynamicsModel, most_common_colours
 from worldmodel.lam import LatentActionModel
 from worldmodel.latent_actions import fit_action_codes

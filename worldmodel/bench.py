@@ -49,6 +49,8 @@ class BenchConfig:
             its end (0 skips it).
         sampling_steps: denoising steps per frame (default: the checkpoint's).
         threads: torch / onnxruntime intra-op threads (default: torch's default).
+        precision: the Simulator's arithmetic (``auto``: bfloat16 for torch where the device
+            multiplies it natively, else float32; ``float32``; ``bfloat16``, torch only).
     """
 
     checkpoint: str = "pong"
@@ -60,6 +62,7 @@ class BenchConfig:
     long_steps: int = 10_000
     sampling_steps: int | None = None
     threads: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self):
         from worldmodel.simulator import BACKENDS
@@ -95,7 +98,8 @@ def _worker(cfg: dict, backend: str) -> None:
     start_f, start_a = model.start_frames.numpy(), model.start_actions.numpy()
 
     def simulator(batch: int) -> Simulator:
-        sim = Simulator(model, batch_size=batch, backend=backend, seed=0, sampling_steps=cfg["sampling_steps"])
+        sim = Simulator(model, batch_size=batch, backend=backend, seed=0, sampling_steps=cfg["sampling_steps"],
+                        precision="auto" if backend == "onnx" else cfg["precision"])
         idx = np.arange(batch) % len(start_f)
         sim.reset(start_f[idx], start_a[idx])
         return sim
@@ -105,7 +109,8 @@ def _worker(cfg: dict, backend: str) -> None:
     sim.step(np.zeros(1, np.int64))
     print(FIRST_FRAME, flush=True)
     result: dict = {"backend": backend, "simulator_backend": sim.backend, "device": str(device),
-                    "provider": getattr(sim._onnx, "provider", None), "sampling_steps": sim.steps,
+                    "provider": getattr(sim._onnx, "provider", None), "precision": sim.precision,
+                    "sampling_steps": sim.steps,
                     "threads": torch.get_num_threads(), "batch": {}}
 
     def sync():

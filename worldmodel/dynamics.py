@@ -48,7 +48,7 @@ class NoiseLevelEmbedder(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=s.device, dtype=torch.float32) / half)
         angles = (s.float() * 1000.0)[..., None] * freqs
-        return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1))
+        return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(self.mlp[0].weight.dtype))
 
 
 def rotary_split(head_dim: int) -> tuple[int, int, int]:
@@ -110,7 +110,7 @@ class MLP(nn.Module):
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(F.gelu(self.fc1(x)))   # exact GELU: on a CPU the tanh form took 5x as long
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -265,8 +265,29 @@ class DynamicsModel(nn.Module):
         self.palette.copy_(colours.float().div(127.5).sub(1.0))
 
     def palette_targets(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each pixel's nearest palette colour: tokens ``(..., token_dim)`` -> ``(..., P)`` int64."""
-        return palette_distances(tokens, self.palette).argmin(-1)
+        """Each pixel's nearest palette colour: tokens ``(..., token_dim)`` -> ``(..., P)`` int64.
+
+        Pixels of 8-bit colour that is in the palette (real frames, and every frame the model
+        drew) are looked up by their packed RGB value; only the others are measured against
+        every colour (:func:`palette_distances`). Ties go to the lower palette index, as with
+        ``argmin``. Under ``torch.export`` (the onnx graph) every pixel is measured: the lookup's
+        fallback is a data-dependent branch.
+        """
+        if torch.compiler.is_compiling():
+            return palette_distances(tokens, self.palette).argmin(-1)
+        rgb = tokens.unflatten(-1, (-1, 3)).float().add(1.0).mul(127.5)               # (..., P, 3) in [0, 255]
+        levels = rgb.round()
+        packing = torch.tensor([65536, 256, 1], device=tokens.device)
+        keys = (levels.clamp(0, 255).long() * packing).sum(-1)                         # (..., P)
+        palette_keys = (self.palette.float().add(1.0).mul(127.5).round().long() * packing).sum(-1)
+        sorted_keys, order = palette_keys.sort(stable=True)
+        slot = torch.searchsorted(sorted_keys, keys).clamp_max(len(sorted_keys) - 1)
+        found = (sorted_keys[slot] == keys) & ((rgb - levels).abs().amax(-1) < 1e-3)
+        nearest = order[slot]
+        if not bool(found.all()):
+            missed = ~found
+            nearest[missed] = palette_distances(tokens.unflatten(-1, (-1, 3))[missed], self.palette).argmin(-1).flatten()
+        return nearest
 
     @property
     def head_dim(self) -> int:
@@ -300,7 +321,7 @@ class DynamicsModel(nn.Module):
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 write: int = 0, prev_tokens: torch.Tensor | None = None,
-                skip_tokens: torch.Tensor | None = None, logits: bool = False) -> torch.Tensor:
+                skip_tokens: torch.Tensor | None = None, logits: bool = False, predict: int | None = None) -> torch.Tensor:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Each frame attends to itself, to the earlier new frames and to the cached frames
@@ -319,17 +340,22 @@ class DynamicsModel(nn.Module):
                 keys and values; at most ``context_frames - 1``); the ring then advances.
             prev_tokens: ``(B, 1, N, D_tok)`` tokens of the frame before the first new one, as
                 they were fed to the model (zeros when ``None``: an episode's first frame).
-            skip_tokens: ``(B, F, N, D_tok)`` the CLEAN tokens of each frame's previous frame,
-                which ``cfg.prev_skip`` adds to the prediction (zeros when ``None``). Training
-                passes the real previous frames, the Simulator the previous generated frame.
+            skip_tokens: ``(B, F', N, D_tok)`` the CLEAN tokens of the previous frame of each
+                predicted frame, which ``cfg.prev_skip`` adds to the prediction (zeros when
+                ``None``). Training passes the real previous frames, the Simulator the previous
+                generated frame.
             logits: with a palette, return the colour scores instead of the tokens.
+            predict: predict only the last ``F'`` = ``predict`` frames (default all ``F``): a
+                frame passed only to be committed to the cache needs no prediction.
 
         Returns:
-            ``(B, F, N, D_tok)`` the predicted clean tokens of the ``F`` frames (with a palette:
-            each pixel's most likely colour), or with ``logits`` ``(B, F, N, P, K)`` float
-            scores of the K palette colours for the ``P`` pixels of each token.
+            ``(B, F', N, D_tok)`` the predicted clean tokens of the ``F'`` frames, in the dtype
+            of ``tokens`` (with a palette: each pixel's most likely colour), or with ``logits``
+            ``(B, F', N, P, K)`` float scores of the K palette colours for the ``P`` pixels of
+            each token.
         """
         b, f, n, _ = tokens.shape
+        out_dtype, tokens = tokens.dtype, tokens.to(self.in_proj.weight.dtype)   # a bfloat16 copy runs in bfloat16
         if positions is None:
             positions = torch.arange(f, device=tokens.device).expand(b, f)
         c = self.condition(noise_levels, actions)                                   # (B, F, D)
@@ -339,7 +365,7 @@ class DynamicsModel(nn.Module):
         x = self.in_proj(torch.cat([tokens, prev], dim=-1)) + self.pos_emb         # (B, F, N, D)
         x = x + self.action_in(self._action_index(actions))[:, :, None]
         token_pos = self.token_positions(positions)                                 # (B, F*N, 3)
-        rope = rotary_tables(token_pos, self.head_dim, self.cfg.rope_base)
+        rope = tuple(t.to(x.dtype) for t in rotary_tables(token_pos, self.head_dim, self.cfg.rope_base))
         query_frames = token_pos[..., 0]                                            # (B, F*N)
         key_frames = query_frames if cache is None else torch.cat([cache.token_frames(), query_frames], dim=1)
         mask = context_window_mask(query_frames, key_frames, self.cfg.context_frames)   # (B, 1, L, S + L)
@@ -350,23 +376,27 @@ class DynamicsModel(nn.Module):
             x = blk(x, c, rope, mask, cache, i, write_tokens)
         if write_tokens:
             cache.commit(positions[:, :write_tokens // n])
+        if predict is not None:
+            x, c = x[:, f - predict:], c[:, f - predict:]
         x0 = self.final(x, c)
         if self.cfg.palette_size:
-            return self._palette_output(x0, skip_tokens, logits)
+            return self._palette_output(x0, skip_tokens, logits, out_dtype)
+        x0 = x0.to(out_dtype)
         if self.cfg.prev_skip and skip_tokens is not None:
-            x0 = x0 + skip_tokens.to(x0.dtype)
+            x0 = x0 + skip_tokens.to(out_dtype)
         return x0
 
-    def _palette_output(self, head: torch.Tensor, skip_tokens: torch.Tensor | None, logits: bool) -> torch.Tensor:
-        """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens of the argmax colours."""
+    def _palette_output(self, head: torch.Tensor, skip_tokens: torch.Tensor | None, logits: bool,
+                        dtype: torch.dtype) -> torch.Tensor:
+        """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens (``dtype``) of the argmax colours."""
         scores = head.float().unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
         if self.cfg.prev_skip and skip_tokens is not None:
             previous = self.palette_targets(skip_tokens)                                # (B, F, N, P)
-            colours = torch.arange(self.cfg.palette_size, device=scores.device)
-            scores = scores + self.copy_bias * (previous[..., None] == colours).to(scores.dtype)
+            bias = self.copy_bias.to(scores.dtype).expand(*previous.shape, 1)
+            scores = scores.scatter_add(-1, previous[..., None], bias)
         if logits:
             return scores
-        return self.palette[scores.argmax(-1)].flatten(-2).to(head.dtype)            # (B, F, N, P*3)
+        return self.palette[scores.argmax(-1)].flatten(-2).to(dtype)                 # (B, F, N, P*3)
 
 
 def _drop_legacy_heads(state_dict, prefix, *args) -> None:

@@ -13,13 +13,14 @@ input              shape                                          dtype
 ``action``         ``(B, F)`` the actions that produced them        int64
 ``position``       ``(B, F)`` their absolute frame indices          int64
 ``prev_tokens``    ``(B, 1, N, D_tok)`` the frame before, as fed    float32
-``skip_tokens``    ``(B, F, N, D_tok)`` each previous frame, clean  float32
+``skip_tokens``    ``(B, 1, N, D_tok)`` the last frame's previous  float32
 ``past_k``         ``(depth, B, heads, S*N, head_dim)`` cached keys float32
 ``past_v``         same, cached values                              float32
 ``past_frames``    ``(B, S*N)`` frame index per cached token, -1    int64
 =================  =============================================  ==========
 
-outputs: ``x0 (B, F, N, D_tok)``, ``new_k`` / ``new_v (depth, B, heads, F*N, head_dim)``.
+outputs: ``x0 (B, 1, N, D_tok)`` (the last frame's prediction: the others are passed only to
+be committed to the cache), ``new_k`` / ``new_v (depth, B, heads, F*N, head_dim)``.
 The ring buffer itself (:class:`worldmodel.kv_cache.KVCache`) stays outside the graph:
 the Simulator writes the first frame's ``new_k``/``new_v`` into the slot it commits. The
 batch and frame axes are dynamic.
@@ -53,6 +54,9 @@ from worldmodel.dynamics import DynamicsModel
 OPSET = 23
 INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "skip_tokens", "past_k", "past_v", "past_frames")
 OUTPUTS = ("x0", "new_k", "new_v")
+GRAPH_VERSION = 2
+"""Bumped when the exported computation changes (2: the last frame's prediction only, exact GELU),
+so that graphs cached by an earlier version are not reused."""
 
 
 class OnnxUnavailable(RuntimeError):
@@ -94,7 +98,7 @@ class StepGraph(nn.Module):
         cache = _GraphCache(past_k, past_v, past_frames, slots)
         # write=slots asks for the keys and values of all F (<= slots) frames; the caller stores the ones it commits.
         x0 = self.dynamics(tokens, level, action, position, cache=cache, write=slots, prev_tokens=prev_tokens,
-                           skip_tokens=skip_tokens)
+                           skip_tokens=skip_tokens, predict=1)
         return x0, torch.stack(cache.new_k), torch.stack(cache.new_v)
 
 
@@ -104,7 +108,7 @@ def example_inputs(dynamics: DynamicsModel, batch: int = 2, frames: int = 2) -> 
     s, n, d, h, hd = c.context_frames - 1, c.tokens_per_frame, c.token_dim, c.heads, dynamics.head_dim
     f = frames
     return (torch.randn(batch, f, n, d), torch.rand(batch, f), torch.zeros(batch, f, dtype=torch.long),
-            torch.arange(s, s + f).expand(batch, f), torch.randn(batch, 1, n, d), torch.randn(batch, f, n, d),
+            torch.arange(s, s + f).expand(batch, f), torch.randn(batch, 1, n, d), torch.randn(batch, 1, n, d),
             torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
             torch.arange(s).repeat_interleave(n).expand(batch, s * n))
 
@@ -119,7 +123,7 @@ def cache_dir() -> Path:
 def graph_key(dynamics: DynamicsModel) -> str:
     """A hash of the dynamics model's config, weights and the export settings."""
     h = hashlib.sha256(json.dumps({"cfg": dynamics.cfg.__dict__, "opset": OPSET, "torch": torch.__version__,
-                                   "inputs": INPUTS, "outputs": OUTPUTS},
+                                   "inputs": INPUTS, "outputs": OUTPUTS, "graph": GRAPH_VERSION},
                                   sort_keys=True, default=str).encode())
     for name, t in sorted(dynamics.state_dict().items()):
         h.update(name.encode())
@@ -149,7 +153,7 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     batch = torch.export.Dim("batch", min=1, max=65536)
     frames = torch.export.Dim("frames", min=1, max=dynamics.cfg.context_frames - 1)
     dynamic = {name: {1 if name in ("past_k", "past_v") else 0: batch} for name in INPUTS}
-    for name in ("tokens", "level", "action", "position", "skip_tokens"):
+    for name in ("tokens", "level", "action", "position"):
         dynamic[name][1] = frames
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     quiet = logging.getLogger("torch.onnx")
@@ -237,7 +241,7 @@ class OnnxStepper:
         self._ort_device = "cuda" if self.device.type == "cuda" else "cpu"
         self._device_id = self.device.index or 0
         cfg = dynamics.cfg
-        self._out_shapes = {"x0": lambda b, f: (b, f, cfg.tokens_per_frame, cfg.token_dim),
+        self._out_shapes = {"x0": lambda b, f: (b, 1, cfg.tokens_per_frame, cfg.token_dim),
                             "new_k": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim),
                             "new_v": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim)}
         self._outputs: dict[tuple[int, int], dict[str, torch.Tensor]] = {}   # by (batch, frames)
@@ -248,9 +252,15 @@ class OnnxStepper:
         bind(name, self._ort_device, self._device_id, np_type, list(t.shape), t.data_ptr())
 
     def __call__(self, tokens, levels, actions, positions, *, cache, write: int, prev_tokens,
-                 skip_tokens) -> torch.Tensor:
-        """One pass, like ``dynamics(tokens, levels, actions, positions, cache=cache, write=write, ...)``:
-        returns ``x0 (B, F, N, D_tok)`` and commits the first ``write`` frames to ``cache``."""
+                 skip_tokens, predict: int = 1) -> torch.Tensor:
+        """One pass, like ``dynamics(..., cache=cache, write=write, predict=1)``: returns the last
+        frame's ``x0 (B, 1, N, D_tok)`` and commits the first ``write`` frames to ``cache``.
+
+        Raises:
+            ValueError: ``predict`` is not 1 (the graph predicts the last frame only).
+        """
+        if predict != 1:
+            raise ValueError(f"the onnx graph predicts the last frame only (predict=1), got predict={predict}")
         b, f = tokens.shape[:2]
         inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_frames())
         out = self._outputs.get((b, f))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 from worldmodel.bundle import ModelBundle
+from worldmodel.device import fast_bfloat16
 from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
 from worldmodel.onnx_backend import OnnxStepper, graph_path, onnx_available
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
 
 BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class Simulator:
@@ -35,14 +39,21 @@ class Simulator:
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
+        precision: the torch backend's arithmetic for the dynamics model: ``"float32"``,
+            ``"bfloat16"`` (a bfloat16 copy of the model and a bfloat16 KV cache; the palette,
+            the frames and the reward model stay float32) or ``"auto"``: bfloat16 where the
+            device multiplies it natively (:func:`worldmodel.device.fast_bfloat16`: a CPU with
+            AMX or AVX512-BF16, a CUDA GPU from Ampere on) and the backend is torch, else
+            float32. The models are trained under bfloat16 autocast where it is native.
+            The choice is in :attr:`precision`.
 
     Raises:
-        ValueError: unknown backend, or a batch size below 1.
+        ValueError: unknown backend or precision, bfloat16 asked of the onnx backend, or a batch size below 1.
         worldmodel.onnx_backend.OnnxUnavailable: ``backend="onnx"`` where it cannot run.
     """
 
     def __init__(self, model: ModelBundle, batch_size: int = 1, backend: str = "auto", seed: int = 0, *,
-                 sampling_steps: int | None = None, context_noise: float | None = None):
+                 sampling_steps: int | None = None, context_noise: float | None = None, precision: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
         if batch_size < 1:
@@ -50,6 +61,9 @@ class Simulator:
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
         self.backend, self._onnx = self._choose_backend(backend)
+        self.precision = resolve_precision(precision, self.device, self.backend)
+        dtype = PRECISIONS[self.precision]
+        self.dynamics = model.dynamics if dtype == torch.float32 else _cast_copy(model.dynamics, dtype)
         self.steps = model.sampler.steps if sampling_steps is None else sampling_steps
         self.schedule = sampling_schedule(self.steps, model.sampler.noise_shift)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
@@ -57,7 +71,8 @@ class Simulator:
         self.change_threshold = model.sampler.change_threshold
         self.generator = torch.Generator(self.device).manual_seed(seed)
         # The onnx graph takes the ring as an input: no room behind it, so it stays one contiguous block.
-        self.cache = model.dynamics.new_cache(batch_size, device=self.device, pass_frames=0 if self._onnx else 2)
+        self.cache = self.dynamics.new_cache(batch_size, device=self.device, dtype=dtype,
+                                             pass_frames=0 if self._onnx else 2)
         tc = model.tokenizer_config
         self.frame_shape = (tc.frame_size, tc.frame_size, 3)
         self.token_shape = (tc.tokens_per_frame, tc.token_dim)
@@ -98,10 +113,10 @@ class Simulator:
         return "onnx", OnnxStepper(self.model.dynamics, self.device)
 
     def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens):
-        """One cached pass of the dynamics model, by the chosen backend."""
-        run = self._onnx if self._onnx is not None else self.model.dynamics
+        """One cached pass of the dynamics model, by the chosen backend: the last frame's prediction."""
+        run = self._onnx if self._onnx is not None else self.dynamics
         return run(tokens, levels, actions, positions, cache=self.cache, write=write, prev_tokens=prev_tokens,
-                   skip_tokens=skip_tokens)
+                   skip_tokens=skip_tokens, predict=1)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -156,14 +171,15 @@ class Simulator:
         levels = torch.full(cond.shape, self.context_noise, device=self.device)
         tokens = self._noised(clean, levels)
         positions = torch.arange(t0, t, device=self.device).expand(len(ids), -1)
-        cache = self.cache if env_ids is None else self.model.dynamics.new_cache(len(ids), device=self.device)
+        cache = self.cache if env_ids is None else self.dynamics.new_cache(len(ids), device=self.device,
+                                                                            dtype=self.cache.k.dtype)
         if env_ids is None:
             cache.clear()
         else:
             cache.next_slot = self.cache.next_slot
         if keep > 1:                                          # all but the newest frame go into the cache
-            self.model.dynamics(tokens[:, :-1], levels[:, :-1], cond[:, :-1], positions[:, :-1], cache=cache,
-                                write=keep - 1)
+            self.dynamics(tokens[:, :-1], levels[:, :-1], cond[:, :-1], positions[:, :-1], cache=cache,
+                          write=keep - 1)
         if env_ids is not None:
             self._copy_into_ring(torch.as_tensor(ids, device=self.device), cache)
         ids_t = slice(None) if env_ids is None else torch.as_tensor(ids, device=self.device)
@@ -222,8 +238,7 @@ class Simulator:
                 x0 = self._pass(torch.cat([self.pending_tokens, x], dim=1), torch.cat([ctx, level], dim=1),
                                 torch.cat([self.pending_action, acts], dim=1),
                                 torch.cat([self.pending_position, positions], dim=1), write=1,
-                                prev_tokens=self.pending_prev, skip_tokens=self.pending_clean.expand(-1, 2, -1, -1))
-                x0 = x0[:, 1:]           # the pending frame's own prediction is not needed
+                                prev_tokens=self.pending_prev, skip_tokens=self.pending_clean)
             else:
                 x0 = self._pass(x, level, acts, positions, write=0, prev_tokens=self.pending_tokens,
                                 skip_tokens=self.pending_clean)
@@ -248,3 +263,26 @@ class Simulator:
             return np.zeros(self.batch_size, np.float32), np.zeros(self.batch_size, bool)
         rewards, terminated = self.model.reward_model.predict(self.pending_shown[:, 0], shown, actions)
         return rewards.cpu().numpy().astype(np.float32), terminated.cpu().numpy()
+
+
+def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
+    """The Simulator's arithmetic for a ``precision`` setting (see :class:`Simulator`).
+
+    Raises:
+        ValueError: an unknown precision, or bfloat16 asked of the onnx backend.
+    """
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"unknown precision {precision!r}; available: auto, {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and backend == "onnx":
+        raise ValueError("precision='bfloat16' runs on the torch backend only; the onnx graph is float32")
+    if precision == "auto":
+        return "bfloat16" if backend == "torch" and fast_bfloat16(torch.device(device)) else "float32"
+    return precision
+
+
+def _cast_copy(dynamics: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``dynamics`` in ``dtype`` whose palette (the colours it draws) stays float32."""
+    cast = copy.deepcopy(dynamics).to(dtype)
+    if getattr(dynamics, "palette", None) is not None:
+        cast.palette = dynamics.palette.clone()
+    return cast
