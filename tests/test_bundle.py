@@ -87,6 +87,16 @@ def test_half_precision_weights_load_as_float32(tiny_bundle, tmp_path):
     assert torch.equal(loaded.start_frames, tiny_bundle.start_frames)
 
 
+def test_game_spec_groups_the_registered_games_effective_actions(tiny_bundle):
+    """Scoring latent actions against Pong's stay / up / down needs the registered game's groups;
+    a bundle whose actions differ from the registered game's gets none."""
+    import dataclasses
+
+    assert worldmodel.load("pong").game_spec.effective_action_groups()[0] == ["stay", "up", "down"]
+    other = dataclasses.replace(tiny_bundle, action_meanings=["A", "B", "C", "D", "E", "F"])
+    assert other.game_spec.effective_action_groups()[0] == ["A", "B", "C", "D", "E", "F"]
+
+
 def test_no_pickles_in_bundle(saved):
     files = sorted(p.name for p in saved.iterdir())
     assert "config.json" in files and "dynamics.safetensors" in files and "start_frames.safetensors" in files

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from envs.games import GameSpec
+from envs.games import GAMES, GameSpec
 from worldmodel.device import resolve_device
 from worldmodel.config import DynamicsConfig, LAMConfig, RewardConfig, SamplerConfig, TokenizerConfig, to_dict
 from worldmodel.dynamics import DynamicsModel
@@ -122,10 +122,14 @@ class ModelBundle:
 
     @property
     def game_spec(self) -> GameSpec:
-        """A :class:`GameSpec` view of the bundle's game (key map, actions, fps)."""
+        """A :class:`GameSpec` view of the bundle's game (key map, actions, fps), with the
+        registered game's effective actions where the game is registered with the same actions."""
+        registered = GAMES.get(self.game)
+        same = registered is not None and tuple(registered.action_meanings) == tuple(self.action_meanings)
         return GameSpec(name=self.game, env_id=f"worldmodel/Dream{self.game.capitalize()}-v0",
                         action_meanings=tuple(self.action_meanings), keymap=dict(self.keymap),
-                        key_aliases=dict(self.key_aliases), fps=self.fps)
+                        key_aliases=dict(self.key_aliases), fps=self.fps,
+                        effective_actions=dict(registered.effective_actions) if same else {})
 
     @property
     def models(self) -> list[torch.nn.Module]:
