@@ -23,6 +23,11 @@ def _main(cfg: DictConfig) -> None:
     from play.session import PlaySession, prepare_backend
     from worldmodel import CheckpointError, load
 
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+
     import pygame
 
     try:

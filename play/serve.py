@@ -95,7 +95,8 @@ class ServerConfig:
         stats_interval_s: seconds between two ``stats`` messages to a client.
         backend: Simulator backend of the sessions (``auto``, ``torch``, ``onnx``); the
             command line resolves ``auto`` with :func:`play.session.prepare_backend`.
-        precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see :class:`~worldmodel.simulator.Simulator`).
+        precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see
+            :class:`~worldmodel.simulator.Simulator`).
 
     Raises:
         ValueError: a setting out of range (the message quotes it).

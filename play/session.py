@@ -70,7 +70,8 @@ class PlaySession:
         seed: seeds the choice of start windows and the sampling noise.
         sampling_steps: denoising steps per frame (default: the bundle's).
         backend: Simulator backend.
-        precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see :class:`~worldmodel.simulator.Simulator`).
+        precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see
+            :class:`~worldmodel.simulator.Simulator`).
 
     Attributes:
         step_count: steps since the last reset.

@@ -662,7 +662,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     horizon = min(32, min(len(e.frames) for e in episodes) - model.dynamics_config.context_frames)
     if horizon >= 1:
         report["files"]["video"] = str(write_video(model, episodes, out / "real_vs_dream.gif", horizon=horizon,
-                                                   windows=cfg.video_windows, seed=cfg.seed, sim_options=sim_options))
+                                                   windows=cfg.video_windows, seed=cfg.seed,
+                                                   sim_options=sim_options))
     np.savez(out / "curves.npz", **curves)
     report["wall_seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))

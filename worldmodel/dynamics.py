@@ -286,7 +286,8 @@ class DynamicsModel(nn.Module):
         nearest = order[slot]
         if not bool(found.all()):
             missed = ~found
-            nearest[missed] = palette_distances(tokens.unflatten(-1, (-1, 3))[missed], self.palette).argmin(-1).flatten()
+            pixels = tokens.unflatten(-1, (-1, 3))[missed]                               # (M, 3)
+            nearest[missed] = palette_distances(pixels, self.palette).argmin(-1).flatten()
         return nearest
 
     @property
@@ -321,7 +322,8 @@ class DynamicsModel(nn.Module):
     def forward(self, tokens: torch.Tensor, noise_levels: torch.Tensor, actions: torch.Tensor,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 write: int = 0, prev_tokens: torch.Tensor | None = None,
-                skip_tokens: torch.Tensor | None = None, logits: bool = False, predict: int | None = None) -> torch.Tensor:
+                skip_tokens: torch.Tensor | None = None, logits: bool = False,
+                predict: int | None = None) -> torch.Tensor:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Each frame attends to itself, to the earlier new frames and to the cached frames
@@ -388,7 +390,8 @@ class DynamicsModel(nn.Module):
 
     def _palette_output(self, head: torch.Tensor, skip_tokens: torch.Tensor | None, logits: bool,
                         dtype: torch.dtype) -> torch.Tensor:
-        """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens (``dtype``) of the argmax colours."""
+        """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens
+        (``dtype``) of the argmax colours."""
         scores = head.float().unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
         if self.cfg.prev_skip and skip_tokens is not None:
             previous = self.palette_targets(skip_tokens)                                # (B, F, N, P)
