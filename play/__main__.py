@@ -37,7 +37,8 @@ def _main(cfg: DictConfig) -> None:
                               video=cfg.video, seed=cfg.seed)
         model = load(cfg.checkpoint, device=cfg.device)
         session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps,
-                              backend=prepare_backend(model, cfg.backend), precision=cfg.precision)
+                              backend=prepare_backend(model, cfg.backend, cfg.precision),
+                              precision=cfg.precision)
         app = PygameApp(session, window)
         played = app.run()
     except (CheckpointError, ValueError) as e:

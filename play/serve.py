@@ -116,6 +116,10 @@ class ServerConfig:
     precision: str = "auto"
 
     def __post_init__(self):
+        from worldmodel.simulator import PRECISIONS
+
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision must be auto, {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65536), got {self.port}")
         if self.max_sessions < 1:
@@ -563,7 +567,7 @@ def _main(cfg: DictConfig) -> None:
                                   sampling_steps=cfg.sampling_steps, seed=cfg.seed, workers=cfg.workers,
                                   stats_interval_s=cfg.stats_interval_s, precision=cfg.precision)
         model = load(cfg.checkpoint, device=cfg.device)
-        server_cfg.backend = prepare_backend(model, cfg.backend)
+        server_cfg.backend = prepare_backend(model, cfg.backend, cfg.precision)
         asyncio.run(run_server(model, server_cfg))
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -17,13 +17,14 @@ from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
 
 
-def prepare_backend(model: ModelBundle, backend: str = "auto") -> str:
+def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = "auto") -> str:
     """The Simulator backend a front-end should use, exporting the ONNX graph on first use.
 
     ``"auto"`` becomes ``"onnx"`` for a model on a GPU where onnxruntime's CUDA provider and
     the exporter are installed (exporting this checkpoint's graph once, with a message, if it
     is not cached yet), else ``"torch"`` (on the CPU torch measured faster at batch 1);
-    ``"torch"`` and ``"onnx"`` are returned as given.
+    ``"torch"`` and ``"onnx"`` are returned as given; ``precision="bfloat16"`` makes ``"auto"``
+    torch (the onnx graph is float32).
 
     Raises:
         ValueError: an unknown backend name.
@@ -35,6 +36,8 @@ def prepare_backend(model: ModelBundle, backend: str = "auto") -> str:
         raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
     if backend != "auto":
         return backend
+    if precision == "bfloat16":
+        return "torch"
     device = next(model.dynamics.parameters()).device
     if device.type != "cuda" or not onnx_available(device):
         return "torch"

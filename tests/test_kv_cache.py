@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import make_tiny_bundle
 from worldmodel import Simulator
 from worldmodel.kv_cache import KVCache
 
@@ -358,6 +359,9 @@ def test_bfloat16_precision_steps_a_bfloat16_copy(tiny_bundle):
     assert sim.precision == "bfloat16" and sim.cache.k.dtype == torch.bfloat16
     assert next(sim.dynamics.parameters()).dtype == torch.bfloat16
     assert next(tiny_bundle.dynamics.parameters()).dtype == torch.float32     # the bundle's model is untouched
+    palette = make_tiny_bundle(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy(), palette_size=8)
+    cast = Simulator(palette, backend="torch", precision="bfloat16").dynamics
+    assert cast.palette.dtype == cast.copy_bias.dtype == torch.float32 and cast.in_proj.weight.dtype == torch.bfloat16
     sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
     frames, rewards, ends = sim.step(np.array([2, 3]))
     assert frames.dtype == np.uint8 and frames.shape == (2, *sim.frame_shape) and rewards.shape == ends.shape == (2,)

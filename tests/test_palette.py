@@ -79,6 +79,9 @@ def test_predict_returns_the_last_frames_of_the_full_prediction():
         full = model(tokens, levels, actions, skip_tokens=skip, logits=True)
         last = model(tokens, levels, actions, skip_tokens=skip[:, 2:], logits=True, predict=1)
     torch.testing.assert_close(last, full[:, 2:])
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            model(tokens, levels, actions, skip_tokens=skip[:, 2:], predict=bad)
 
 
 def test_an_untrained_palette_model_copies_the_previous_frame():

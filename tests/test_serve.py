@@ -130,7 +130,8 @@ def test_outbox_keeps_only_the_newest_frame():
 
 
 def test_config_refuses_bad_settings():
-    for bad in (dict(max_sessions=0), dict(port=70000), dict(max_message_bytes=10), dict(fps=0), dict(workers=0)):
+    for bad in (dict(max_sessions=0), dict(port=70000), dict(max_message_bytes=10), dict(fps=0), dict(workers=0),
+                dict(precision="float16")):
         with pytest.raises(ValueError, match=str(next(iter(bad.values())))):
             ServerConfig(**bad)
     assert default_origins("127.0.0.1", 80) == ["http://127.0.0.1:80", "http://localhost:80", "http://[::1]:80"]

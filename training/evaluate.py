@@ -40,7 +40,7 @@ import numpy as np
 
 from recorders.dataset import Episode
 from worldmodel.bundle import ModelBundle
-from worldmodel.simulator import Simulator, resolve_precision
+from worldmodel.simulator import Simulator
 
 #: Error charged to a position read-out when the object is visible in only one of the two
 #: frames (real, dream): the diagonal of a 64x64 frame, so a missing object counts as a miss.
@@ -588,6 +588,12 @@ class EvalConfig:
                 raise ValueError(f"{name} must be non-empty positive integers, got {getattr(self, name)!r}")
 
 
+def _simulator_choice(model: ModelBundle, sim_options: dict) -> dict:
+    """The backend and precision the evaluation's Simulators run with."""
+    sim = Simulator(model, batch_size=1, **sim_options)
+    return {"backend": sim.backend, "precision": sim.precision}
+
+
 def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:
     """Load the evaluation's held-out episodes, recording them first if the directory is missing."""
     from recorders.collect import RecordConfig, record
@@ -624,7 +630,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sim_options = {"sampling_steps": cfg.sampling_steps, "precision": cfg.precision}
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
-                    "precision": resolve_precision(cfg.precision, next(model.dynamics.parameters()).device),
+                    "simulator": _simulator_choice(model, sim_options),
                     "heldout": {"episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
 
     def stage(name: str) -> None:

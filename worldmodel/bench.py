@@ -65,7 +65,10 @@ class BenchConfig:
     precision: str = "auto"
 
     def __post_init__(self):
-        from worldmodel.simulator import BACKENDS
+        from worldmodel.simulator import BACKENDS, PRECISIONS
+
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision must be auto, {' or '.join(PRECISIONS)}, got {self.precision!r}")
 
         bad = [b for b in self.backends if b not in BACKENDS or b == "auto"]
         if bad or not self.backends:

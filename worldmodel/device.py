@@ -34,8 +34,9 @@ def cpu_supports_bf16() -> bool:
 
 
 def fast_bfloat16(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products run natively on ``device``: a CUDA GPU that supports
-    them (Ampere and later), or a CPU with AVX512-BF16 or AMX (:func:`cpu_supports_bf16`)."""
+    """Whether bfloat16 matrix products run natively on ``device``: a CUDA GPU of compute
+    capability 8.0 or later (Ampere on; older ones only emulate them), or a CPU with AVX512-BF16
+    or AMX (:func:`cpu_supports_bf16`)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device)[0] >= 8
     return device.type == "cpu" and cpu_supports_bf16()

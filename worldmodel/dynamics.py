@@ -270,10 +270,10 @@ class DynamicsModel(nn.Module):
         Pixels of 8-bit colour that is in the palette (real frames, and every frame the model
         drew) are looked up by their packed RGB value; only the others are measured against
         every colour (:func:`palette_distances`). Ties go to the lower palette index, as with
-        ``argmin``. Under ``torch.export`` (the onnx graph) every pixel is measured: the lookup's
-        fallback is a data-dependent branch.
+        ``argmin``. On a GPU, and under ``torch.export`` (the onnx graph), every pixel is
+        measured: the look-up's fallback is a data-dependent branch, which would wait for the GPU.
         """
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or tokens.device.type != "cpu":
             return palette_distances(tokens, self.palette).argmin(-1)
         rgb = tokens.unflatten(-1, (-1, 3)).float().add(1.0).mul(127.5)               # (..., P, 3) in [0, 255]
         levels = rgb.round()
@@ -379,6 +379,8 @@ class DynamicsModel(nn.Module):
         if write_tokens:
             cache.commit(positions[:, :write_tokens // n])
         if predict is not None:
+            if not 1 <= predict <= f:
+                raise ValueError(f"predict must be in [1, {f}] for {f} frames, got {predict}")
             x, c = x[:, f - predict:], c[:, f - predict:]
         x0 = self.final(x, c)
         if self.cfg.palette_size:
@@ -394,7 +396,7 @@ class DynamicsModel(nn.Module):
         (``dtype``) of the argmax colours."""
         scores = head.float().unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
         if self.cfg.prev_skip and skip_tokens is not None:
-            previous = self.palette_targets(skip_tokens)                                # (B, F, N, P)
+            previous = self.palette_targets(skip_tokens).expand(*scores.shape[:-1])     # (B, F, N, P)
             bias = self.copy_bias.to(scores.dtype).expand(*previous.shape, 1)
             scores = scores.scatter_add(-1, previous[..., None], bias)
         if logits:

@@ -45,7 +45,7 @@ class Simulator:
             device multiplies it natively (:func:`worldmodel.device.fast_bfloat16`: a CPU with
             AMX or AVX512-BF16, a CUDA GPU from Ampere on) and the backend is torch, else
             float32. The models are trained under bfloat16 autocast where it is native.
-            The choice is in :attr:`precision`.
+            The choice is in :attr:`precision`; ``"bfloat16"`` with ``backend="auto"`` picks torch.
 
     Raises:
         ValueError: unknown backend or precision, bfloat16 asked of the onnx backend, or a batch size below 1.
@@ -60,7 +60,10 @@ class Simulator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
-        self.backend, self._onnx = self._choose_backend(backend)
+        if precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"unknown precision {precision!r}; available: auto, {', '.join(PRECISIONS)}")
+        self.backend, self._onnx = self._choose_backend("torch" if backend == "auto" and precision == "bfloat16"
+                                                        else backend)
         self.precision = resolve_precision(precision, self.device, self.backend)
         dtype = PRECISIONS[self.precision]
         self.dynamics = model.dynamics if dtype == torch.float32 else _cast_copy(model.dynamics, dtype)
@@ -281,8 +284,10 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "torc
 
 
 def _cast_copy(dynamics: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of ``dynamics`` in ``dtype`` whose palette (the colours it draws) stays float32."""
+    """A copy of ``dynamics`` in ``dtype`` whose palette (the colours it draws) and copy bias (a
+    score added in float32) stay float32."""
     cast = copy.deepcopy(dynamics).to(dtype)
     if getattr(dynamics, "palette", None) is not None:
         cast.palette = dynamics.palette.clone()
+        cast.copy_bias.data = dynamics.copy_bias.data.clone()
     return cast
