@@ -116,10 +116,9 @@ class ServerConfig:
     precision: str = "auto"
 
     def __post_init__(self):
-        from worldmodel.simulator import PRECISIONS
+        from worldmodel.simulator import check_precision
 
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"precision must be auto, {' or '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65536), got {self.port}")
         if self.max_sessions < 1:

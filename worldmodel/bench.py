@@ -65,10 +65,9 @@ class BenchConfig:
     precision: str = "auto"
 
     def __post_init__(self):
-        from worldmodel.simulator import BACKENDS, PRECISIONS
+        from worldmodel.simulator import BACKENDS, check_precision
 
-        if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"precision must be auto, {' or '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
         bad = [b for b in self.backends if b not in BACKENDS or b == "auto"]
         if bad or not self.backends:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -24,8 +25,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX)."""
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX); read from
+    ``/proc/cpuinfo`` once per process (every Simulator asks)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

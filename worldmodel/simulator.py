@@ -60,8 +60,7 @@ class Simulator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
-        if precision not in (*PRECISIONS, "auto"):
-            raise ValueError(f"unknown precision {precision!r}; available: auto, {', '.join(PRECISIONS)}")
+        check_precision(precision)
         self.backend, self._onnx = self._choose_backend("torch" if backend == "auto" and precision == "bfloat16"
                                                         else backend)
         self.precision = resolve_precision(precision, self.device, self.backend)
@@ -268,14 +267,24 @@ class Simulator:
         return rewards.cpu().numpy().astype(np.float32), terminated.cpu().numpy()
 
 
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is a Simulator setting (``auto``, ``float32``, ``bfloat16``).
+
+    Raises:
+        ValueError: an unknown precision, named.
+    """
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"unknown precision {precision!r}; available: auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
     """The Simulator's arithmetic for a ``precision`` setting (see :class:`Simulator`).
 
     Raises:
         ValueError: an unknown precision, or bfloat16 asked of the onnx backend.
     """
-    if precision not in (*PRECISIONS, "auto"):
-        raise ValueError(f"unknown precision {precision!r}; available: auto, {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision == "bfloat16" and backend == "onnx":
         raise ValueError("precision='bfloat16' runs on the torch backend only; the onnx graph is float32")
     if precision == "auto":
