@@ -259,3 +259,40 @@ def test_every_setting_has_a_hydra_default(conf, config_class):
     fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
     keys = set(yaml.safe_load((Path(__file__).resolve().parents[1] / conf).read_text())) - {"defaults", "hydra"}
     assert fields == keys, f"{conf}: missing {sorted(fields - keys)}, extra {sorted(keys - fields)}"
+
+
+def test_the_pipeline_tops_up_only_datasets_it_records(tmp_path, monkeypatch):
+    """A short dataset someone else recorded is used as it is; one the pipeline was recording
+    (its marker file is there: an interrupted run) is topped up to the preset's budget."""
+    import training.pipeline as pipeline
+    from recorders.dataset import DatasetWriter
+    from tests.test_dataset import make_episode
+
+    calls = []
+    monkeypatch.setattr(pipeline, "record", lambda rc, progress: calls.append((rc.out, rc.episodes)))
+    meta = dict(game="pong", frame_size=[8, 8], frame_skip=4, sticky_actions=0.0,
+                action_meanings=["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"], fps=15)
+    for name in ("mine", "held"):
+        DatasetWriter(tmp_path / name, meta).write(make_episode(seed=1))
+    cfg = build_config(dict(preset="tiny", dataset=str(tmp_path / "mine"), heldout=str(tmp_path / "held"),
+                            budget={"record": {"episodes": 3, "heldout_episodes": 2}}, progress=False))
+    pipeline.ensure_datasets(cfg)
+    assert calls == []                                    # neither was recorded by the pipeline
+
+    (tmp_path / "held" / pipeline.RECORDING_MARKER).touch()
+    pipeline.ensure_datasets(cfg)
+    assert calls == [(str(tmp_path / "held"), 2)]         # an interrupted pipeline recording resumes
+    assert not (tmp_path / "held" / pipeline.RECORDING_MARKER).exists()
+
+    def killed(rc, progress):
+        calls.append((rc.out, rc.episodes))
+        raise KeyboardInterrupt
+
+    calls.clear()
+    monkeypatch.setattr(pipeline, "record", killed)
+    fresh = build_config(dict(preset="tiny", dataset=str(tmp_path / "new"), heldout=str(tmp_path / "held"),
+                              budget={"record": {"episodes": 3, "heldout_episodes": 1}}, progress=False))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.ensure_datasets(fresh)
+    assert calls == [(str(tmp_path / "new"), 3)]          # a missing dataset is recorded,
+    assert (tmp_path / "new" / pipeline.RECORDING_MARKER).exists()   # and stays marked ours if interrupted

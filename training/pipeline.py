@@ -162,12 +162,18 @@ def _amp(setting, device: torch.device) -> bool:
     return setting in ("true", "1", "yes")
 
 
+RECORDING_MARKER = ".pipeline-recording"
+"""File the pipeline keeps in a dataset directory while it records that dataset."""
+
+
 def ensure_datasets(cfg: PipelineConfig, *, record_missing: bool = True) -> tuple[EpisodeDataset, EpisodeDataset]:
     """Load the training and held-out datasets, recording what is missing (if ``record_missing``).
 
-    A dataset with fewer episodes than the budget asks for (an interrupted recording) is
-    topped up with new seeds (:func:`recorders.collect.record` resumes), so rerunning the
-    pipeline resumes the recording too.
+    A missing dataset is recorded with the preset's budget (mixed policy). While it records,
+    the pipeline keeps a :data:`RECORDING_MARKER` file in the directory, so a rerun after an
+    interruption tops the dataset up with new seeds (:func:`recorders.collect.record`
+    resumes). A dataset the pipeline did not record is used as it is, however many episodes
+    it holds: topping it up would mix the preset's policy into someone else's recording.
 
     Raises:
         DatasetError: a dataset is unreadable or of another game.
@@ -175,11 +181,19 @@ def ensure_datasets(cfg: PipelineConfig, *, record_missing: bool = True) -> tupl
     rb = cfg.budget.record
     for path, episodes, seed in ((cfg.dataset, rb.episodes, cfg.seed), (cfg.heldout, rb.heldout_episodes,
                                                                         cfg.seed + 100_000)):
+        marker = Path(path) / RECORDING_MARKER
         have = len(episode_paths(path))
-        if have < episodes and record_missing:
+        ours = have == 0 or marker.exists()
+        if have < episodes and record_missing and ours:
             print(f"recording {episodes - have} {cfg.game} episodes into {path}")
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
             record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
                                 num_envs=rb.num_envs, policy="mixed", seed=seed), progress=cfg.progress)
+            marker.unlink()
+        elif have < episodes and record_missing:
+            print(f"using the {have} episodes of {path} as they are (the preset records {episodes}; "
+                  "the pipeline tops up only datasets it recorded itself)")
     train, held = EpisodeDataset(cfg.dataset), EpisodeDataset(cfg.heldout)
     for ds in (train, held):
         if ds.metadata["game"] != cfg.game:

@@ -84,6 +84,9 @@ class LAMConfig:
             the object that moved is, instead of averaging it over the frame.
         normalize_latent: batch-normalise the quantizer's input, so that the codes stay spread
             over the codebook (without it the shipped Pong LAM collapsed onto one code).
+        decoder_differences: the decoder also sees the differences of consecutive past frames
+            (the objects' velocities), so that motion the history already implies need not
+            be carried by the code.
     """
 
     history: int = 2
@@ -94,6 +97,7 @@ class LAMConfig:
     frame_differences: bool = True
     spatial_readout: bool = True
     normalize_latent: bool = True
+    decoder_differences: bool = False
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)

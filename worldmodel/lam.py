@@ -93,7 +93,7 @@ class LatentActionModel(nn.Module):
         # Decoder: a small U-Net over the past frames, with the code injected at every scale.
         ch = cfg.decoder_channels or cfg.channels
         self.dec_down = nn.ModuleList()
-        c_prev = 3 * k
+        c_prev = 3 * k + (3 * (k - 1) if cfg.decoder_differences else 0)
         for c in ch:
             self.dec_down.append(_down(c_prev, c))
             c_prev = c
@@ -117,6 +117,8 @@ class LatentActionModel(nn.Module):
     def decode(self, past: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted ``x_{t+1} (B, 3, H, W)``."""
         h = rearrange(past, "b k c h w -> b (k c) h w")
+        if self.cfg.decoder_differences:
+            h = torch.cat([h, 4 * rearrange(past[:, 1:] - past[:, :-1], "b k c h w -> b (k c) h w")], dim=1)
         skips = []
         for down, proj in zip(self.dec_down, self.code_proj):
             h = down(h)
