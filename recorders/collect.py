@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import queue
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -11,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from envs.games import get_game
-from recorders.dataset import DatasetWriter, Episode
+from recorders.dataset import DatasetWriter, Episode, encode_episode
 from recorders.policies import (CallablePolicy, KeyboardPolicy, MixedPolicy, Policy, RandomRepeatPolicy,
                                 ScriptedPongPolicy)
 
@@ -28,8 +33,13 @@ class RecordConfig:
             missing; with ``append`` this many new episodes are recorded on top instead.
         append: record ``episodes`` new episodes whatever ``out`` already holds.
         max_steps: cut each episode after this many steps (it is written as truncated).
-        num_envs: sub-environments stepped together.
-        vector: ``"async"`` (one process per env) or ``"sync"``.
+        num_envs: sub-environments in all, shared out among the workers.
+        vector: ``"async"`` (one process per env) or ``"sync"``; with one worker only (each of
+            several workers steps its envs in its own process, synchronously).
+        workers: recording processes, each with its share of the envs and its own policy,
+            whose finished episodes this process writes; ``0``: one per CPU core this process
+            may use. At most ``num_envs`` and at most one per episode to record;
+            ``policy=human`` and a policy passed to :func:`record` record in this process.
         policy: ``random``, ``scripted`` (Pong only), ``mixed`` (random and scripted) or
             ``human`` (keyboard; forces one env).
         max_repeat: longest hold of the random policy, in steps.
@@ -49,6 +59,7 @@ class RecordConfig:
     max_steps: int = 2000
     num_envs: int = 2
     vector: str = "async"
+    workers: int = 0
     policy: str = "mixed"
     max_repeat: int = 8
     frame_skip: int | None = None
@@ -65,6 +76,8 @@ class RecordConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be a non-negative integer (0: one per CPU core), got {self.workers!r}")
         if self.vector not in ("async", "sync"):
             raise ValueError(f"vector must be 'async' or 'sync', got {self.vector!r}")
         if self.policy not in self.POLICIES:
@@ -124,20 +137,35 @@ def resumed_seed(seed: int, episodes_before: int) -> int:
     return int(np.random.SeedSequence([seed, episodes_before]).generate_state(1)[0] >> 1)
 
 
+def worker_count(cfg: RecordConfig, episodes: int) -> int:
+    """Recording processes :func:`record` uses for ``episodes`` episodes (see ``RecordConfig.workers``)."""
+    if cfg.policy == "human":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cfg.workers or cores, cfg.num_envs, episodes))
+
+
 def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = True) -> DatasetWriter:
     """Play whole episodes until ``cfg.out`` holds ``cfg.episodes`` of them (or, with
     ``cfg.append``, ``cfg.episodes`` more), writing each as soon as it ends.
 
     Each episode file is written atomically, so a killed recorder loses only the episodes in
     flight, and running the same command again finishes the job. Recording into an existing
-    dataset of the same game appends. The file of an episode that just ended is written while
-    the envs play the next step (Gymnasium's ``step_async``), so disk and compression time
-    overlap with emulation.
+    dataset of the same game appends.
+
+    With several workers (``cfg.workers``; one per CPU core by default), each worker process
+    plays its share of the episodes with its share of the envs and its own policy (env ``i``
+    of all is seeded ``seed + i`` as in one process; a worker's policy gets the seed of its
+    first env) and sends each finished episode,
+    compressed, to this process, which alone writes the dataset. Which episodes are recorded
+    does not depend on timing; their order in the dataset does. With one worker, the file of
+    an episode that just ended is written while the envs play the next step (Gymnasium's
+    ``step_async``), so disk and compression time overlap with emulation.
 
     Args:
         cfg: what to record.
-        policy: a policy object or a callable ``policy(obs (H, W, 3)) -> action``; ``None``
-            builds the one ``cfg.policy`` names.
+        policy: a policy object or a callable ``policy(obs (H, W, 3)) -> action``, played in
+            this process; ``None`` builds the one ``cfg.policy`` names.
         progress: show a progress bar with frames per second.
 
     Returns:
@@ -146,10 +174,10 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
 
     Raises:
         DatasetError: ``cfg.out`` holds a dataset of another game, frame size or action set.
-        KeyboardInterrupt: the human player quit (Esc); finished episodes are written first.
+        RecordingError: a worker process failed or died (the episodes written so far stay).
+        KeyboardInterrupt: the human player quit (Esc), or Ctrl-C; finished episodes are written first.
     """
     spec = get_game(cfg.game)
-    num_envs = 1 if cfg.policy == "human" else cfg.num_envs
     frame_skip = spec.frame_skip if cfg.frame_skip is None else cfg.frame_skip
     writer = DatasetWriter(cfg.out, dict(
         game=spec.name, frame_size=[cfg.size, cfg.size], frame_skip=frame_skip, sticky_actions=cfg.sticky_actions,
@@ -159,24 +187,53 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
     if target == 0:
         return writer
     seed = resumed_seed(cfg.seed, writer.episodes_before)
-    if policy is None:
-        policy = make_policy(cfg, num_envs, seed=seed)
-    elif not hasattr(policy, "episode_start"):
-        policy = CallablePolicy(policy)
-    vec_cls = gym.vector.AsyncVectorEnv if (cfg.vector == "async" and num_envs > 1) else gym.vector.SyncVectorEnv
-    envs = vec_cls([_env_factory(cfg)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-    overlap = hasattr(envs, "step_async")
+    workers = 1 if policy is not None else worker_count(cfg, target)
     bar = tqdm(total=target, unit="ep", disable=not progress, desc=f"recording {spec.name}")
     start = time.perf_counter()
+
+    def written() -> None:
+        bar.update(1)
+        bar.set_postfix(fps=f"{writer.frames_written / (time.perf_counter() - start):.0f}")
+
+    try:
+        if workers == 1:
+            num_envs = 1 if cfg.policy == "human" else cfg.num_envs
+            if policy is None:
+                policy = make_policy(cfg, num_envs, seed=seed)
+            elif not hasattr(policy, "episode_start"):
+                policy = CallablePolicy(policy)
+            _play(cfg, policy, num_envs, cfg.vector, target, seed,
+                  lambda episode: (writer.write(episode), written()))
+        else:
+            _play_in_workers(cfg, workers, target, seed, writer, written)
+    finally:
+        bar.close()
+    return writer
+
+
+class RecordingError(RuntimeError):
+    """A recording worker process failed or died."""
+
+
+def _play(cfg: RecordConfig, policy: Policy, num_envs: int, vector: str, episodes: int, seed: int,
+          sink: Callable[[Episode], object]) -> None:
+    """Play until ``episodes`` episodes have ended, handing each to ``sink`` (in the order they end).
+
+    Env ``i`` is seeded with ``seed + i``. An episode cut short by an exception is lost; the
+    ones that ended before are handed over first.
+    """
+    vec_cls = gym.vector.AsyncVectorEnv if (vector == "async" and num_envs > 1) else gym.vector.SyncVectorEnv
+    envs = vec_cls([_env_factory(cfg)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    overlap = hasattr(envs, "step_async")
     blas = threadpool_limits(1, user_api="blas")
-    finished: list[Episode] = []          # ended, not yet on disk
+    finished: list[Episode] = []          # ended, not yet handed over
+    handed = 0
 
     def flush() -> None:
-        for episode in finished:
-            writer.write(episode)
-            bar.update(1)
-            bar.set_postfix(fps=f"{writer.frames_written / (time.perf_counter() - start):.0f}")
-        finished.clear()
+        nonlocal handed
+        while finished:
+            sink(finished.pop(0))
+            handed += 1
 
     try:
         env_seeds = [seed + i for i in range(num_envs)]
@@ -185,11 +242,11 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
         for i in range(num_envs):
             policy.episode_start(i)
         done = np.zeros(num_envs, bool)
-        while writer.episodes_written + len(finished) < target:
+        while handed + len(finished) < episodes:
             actions = policy(obs)
             if overlap:
                 envs.step_async(actions)
-                flush()                   # compress and write while the workers step
+                flush()                   # compress and write while the env workers step
                 obs, rewards, term, trunc, _ = envs.step_wait()
             else:
                 flush()
@@ -200,7 +257,7 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
                     policy.episode_start(i)
                     continue
                 buffers[i].add(actions[i], rewards[i], term[i], trunc[i], obs[i])
-                if (term[i] or trunc[i]) and writer.episodes_written + len(finished) < target:
+                if (term[i] or trunc[i]) and handed + len(finished) < episodes:
                     info = dict(policy=getattr(policy, "current_name", lambda _: policy.name)(i),
                                 vector_seed=env_seeds[i], env_index=i, recorded_at=time.time())
                     finished.append(buffers[i].episode(info))
@@ -212,8 +269,79 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
     finally:
         blas.restore_original_limits()
         envs.close()
-        bar.close()
-    return writer
+
+
+def _play_in_workers(cfg: RecordConfig, workers: int, episodes: int, seed: int, writer: DatasetWriter,
+                     written: Callable[[], None]) -> None:
+    """Record ``episodes`` episodes in ``workers`` processes; this process writes them as they come."""
+    ctx = mp.get_context("spawn")         # no forked copies of this process's threads or torch state
+    results = ctx.Queue()
+    shares = [episodes // workers + (w < episodes % workers) for w in range(workers)]
+    envs = [cfg.num_envs // workers + (w < cfg.num_envs % workers) for w in range(workers)]
+    first_env = np.cumsum([0] + envs[:-1])
+    procs = [ctx.Process(target=_worker, args=(cfg, w, shares[w], envs[w], seed + int(first_env[w]), results),
+                         daemon=True, name=f"recorder-{w}")
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    running = len(procs)
+    try:
+        while running:
+            try:
+                kind, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RecordingError(f"recording worker {dead[0].name} died (exit code {dead[0].exitcode}); "
+                                         f"the {writer.episodes_written} episodes written so far are kept") from None
+                continue
+            if kind == "episode":
+                data, frames = payload
+                writer.write_encoded(data, frames=frames)
+                written()
+            elif kind == "done":
+                running -= 1
+            else:
+                raise RecordingError(f"recording worker failed: {payload}; "
+                                     f"the {writer.episodes_written} episodes written so far are kept")
+    except KeyboardInterrupt:
+        while True:                       # keep what has already arrived
+            try:
+                kind, payload = results.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "episode":
+                writer.write_encoded(payload[0], frames=payload[1])
+        raise
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+        results.close()
+
+
+def _worker(cfg: RecordConfig, index: int, episodes: int, num_envs: int, seed: int, results) -> None:
+    """A recording worker: plays ``episodes`` episodes on ``num_envs`` envs seeded from ``seed``,
+    sending each one encoded to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C: the parent stops the workers
+    parent = os.getppid()
+    level = max(cfg.compress_level, 1)
+
+    def send(episode: Episode) -> None:
+        if os.getppid() != parent:        # the recorder was killed: stop instead of playing on
+            raise SystemExit(0)
+        data = encode_episode(episode, compress=cfg.compress_level > 0, level=level, where=f"worker {index}")
+        results.put(("episode", (data, len(episode.frames))))
+
+    try:
+        _play(cfg, make_policy(cfg, num_envs, seed=seed), num_envs, "sync", episodes, seed, send)
+        results.put(("done", index))
+    except SystemExit:
+        raise
+    except BaseException as e:            # noqa: BLE001 - reported to the parent, which raises it
+        results.put(("error", f"worker {index}: {type(e).__name__}: {e}"))
 
 
 class _Buffer:

@@ -40,6 +40,7 @@ format with NumPy alone.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -104,8 +105,51 @@ class Episode:
                 raise DatasetError(f"{where}: action {bad} out of range [0, {num_actions})")
 
 
+def encode_episode(episode: Episode, *, compress: bool = True, level: int = 1, where: str = "episode") -> bytes:
+    """One episode as the bytes of its ``.npz`` file (validated first).
+
+    Args:
+        episode: the episode.
+        compress: deflate the arrays (``False``: store them as they are).
+        level: zlib level 1 (fastest) to 9 (smallest) when compressing.
+        where: names the episode in errors.
+
+    Raises:
+        DatasetError: the episode is inconsistent.
+        ValueError: ``level`` outside 1..9.
+    """
+    if not (isinstance(level, int) and 1 <= level <= 9):
+        raise ValueError(f"level must be a zlib level in 1..9, got {level!r}")
+    episode.validate(where=where)
+    arrays = dict(frames=episode.frames, actions=episode.actions, rewards=episode.rewards,
+                  terminated=episode.terminated, truncated=episode.truncated,
+                  info=np.array(json.dumps(episode.info)))
+    buf = io.BytesIO()
+    _write_npz(buf, arrays, level if compress else None)
+    return buf.getvalue()
+
+
+def write_atomically(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``<path>.tmp``, flush it to disk, then rename it into place.
+
+    A reader sees the whole file or none; only a killed process leaves a ``*.tmp`` behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
 def save_episode(path: str | Path, episode: Episode, *, compress: bool = True, level: int = 1) -> Path:
-    """Write one episode atomically: to ``<path>.tmp`` first, flushed to disk, then renamed into place.
+    """Write one episode atomically (:func:`encode_episode`, then :func:`write_atomically`).
 
     Args:
         path: the ``.npz`` file to write.
@@ -120,24 +164,7 @@ def save_episode(path: str | Path, episode: Episode, *, compress: bool = True, l
         DatasetError: the episode is inconsistent (nothing is written).
         ValueError: ``level`` outside 1..9.
     """
-    if not (isinstance(level, int) and 1 <= level <= 9):
-        raise ValueError(f"level must be a zlib level in 1..9, got {level!r}")
-    path = Path(path)
-    episode.validate(where=str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    arrays = dict(frames=episode.frames, actions=episode.actions, rewards=episode.rewards,
-                  terminated=episode.terminated, truncated=episode.truncated,
-                  info=np.array(json.dumps(episode.info)))
-    try:
-        with open(tmp, "wb") as fh:
-            _write_npz(fh, arrays, level if compress else None)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # only a killed process leaves a *.tmp behind
-        raise
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, encode_episode(episode, compress=compress, level=level, where=str(path)))
 
 
 def _write_npz(fh, arrays: dict[str, np.ndarray], level: int | None) -> None:
@@ -229,10 +256,16 @@ class DatasetWriter:
 
     def write(self, episode: Episode) -> Path:
         """Write one episode under the next free number and return its path."""
-        path = save_episode(self.root / "episodes" / f"episode_{self._next:06d}.npz", episode,
-                            compress=self.compress_level > 0, level=max(self.compress_level, 1))
+        return self.write_encoded(encode_episode(episode, compress=self.compress_level > 0,
+                                                 level=max(self.compress_level, 1), where=f"episode {self._next}"),
+                                  frames=len(episode.frames))
+
+    def write_encoded(self, data: bytes, *, frames: int) -> Path:
+        """Write an episode already encoded by :func:`encode_episode` (``frames``: its frame
+        count, for the tally) under the next free number and return its path."""
+        path = write_atomically(self.root / "episodes" / f"episode_{self._next:06d}.npz", data)
         self._next += 1
-        self.frames_written += len(episode.frames)
+        self.frames_written += frames
         self.episodes_written += 1
         return path
 
