@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 import gymnasium as gym
 import numpy as np
@@ -155,12 +156,15 @@ def record(cfg: RecordConfig, policy: Policy | None = None, *, progress: bool = 
 
     With several workers (``cfg.workers``; one per CPU core by default), each worker process
     plays its share of the episodes with its share of the envs and its own policy (env ``i``
-    of all is seeded ``seed + i`` as in one process; a worker's policy gets the seed of its
-    first env) and sends each finished episode,
+    of all is seeded ``seed + i`` as in one process; worker ``w``'s policy is seeded by
+    :func:`worker_policy_seed`) and sends each finished episode,
     compressed, to this process, which alone writes the dataset. Which episodes are recorded
     does not depend on timing; their order in the dataset does. With one worker, the file of
     an episode that just ended is written while the envs play the next step (Gymnasium's
     ``step_async``), so disk and compression time overlap with emulation.
+
+    The workers are started with ``multiprocessing``'s spawn method, so a script that calls
+    this function must do so under ``if __name__ == "__main__":``.
 
     Args:
         cfg: what to record.
@@ -216,11 +220,11 @@ class RecordingError(RuntimeError):
 
 
 def _play(cfg: RecordConfig, policy: Policy, num_envs: int, vector: str, episodes: int, seed: int,
-          sink: Callable[[Episode], object]) -> None:
+          sink: Callable[[Episode], object], *, first_env: int = 0) -> None:
     """Play until ``episodes`` episodes have ended, handing each to ``sink`` (in the order they end).
 
-    Env ``i`` is seeded with ``seed + i``. An episode cut short by an exception is lost; the
-    ones that ended before are handed over first.
+    The envs are envs ``first_env ...`` of the recording; env ``i`` is seeded with ``seed + i``.
+    An episode cut short by an exception is lost; the ones that ended before are handed over first.
     """
     vec_cls = gym.vector.AsyncVectorEnv if (vector == "async" and num_envs > 1) else gym.vector.SyncVectorEnv
     envs = vec_cls([_env_factory(cfg)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
@@ -236,7 +240,7 @@ def _play(cfg: RecordConfig, policy: Policy, num_envs: int, vector: str, episode
             handed += 1
 
     try:
-        env_seeds = [seed + i for i in range(num_envs)]
+        env_seeds = [seed + first_env + i for i in range(num_envs)]
         obs, _ = envs.reset(seed=env_seeds)
         buffers = [_Buffer(obs[i]) for i in range(num_envs)]
         for i in range(num_envs):
@@ -259,7 +263,7 @@ def _play(cfg: RecordConfig, policy: Policy, num_envs: int, vector: str, episode
                 buffers[i].add(actions[i], rewards[i], term[i], trunc[i], obs[i])
                 if (term[i] or trunc[i]) and handed + len(finished) < episodes:
                     info = dict(policy=getattr(policy, "current_name", lambda _: policy.name)(i),
-                                vector_seed=env_seeds[i], env_index=i, recorded_at=time.time())
+                                vector_seed=env_seeds[i], env_index=first_env + i, recorded_at=time.time())
                     finished.append(buffers[i].episode(info))
             done = term | trunc
         flush()
@@ -273,75 +277,91 @@ def _play(cfg: RecordConfig, policy: Policy, num_envs: int, vector: str, episode
 
 def _play_in_workers(cfg: RecordConfig, workers: int, episodes: int, seed: int, writer: DatasetWriter,
                      written: Callable[[], None]) -> None:
-    """Record ``episodes`` episodes in ``workers`` processes; this process writes them as they come."""
+    """Record ``episodes`` episodes in ``workers`` processes; this process writes them as they come.
+
+    Each worker has its own pipe. A worker that ends its pipe without saying it is done (it
+    raised, was killed, or exited early) stops the recording with a :class:`RecordingError`.
+    """
     ctx = mp.get_context("spawn")         # no forked copies of this process's threads or torch state
-    results = ctx.Queue()
     shares = [episodes // workers + (w < episodes % workers) for w in range(workers)]
     envs = [cfg.num_envs // workers + (w < cfg.num_envs % workers) for w in range(workers)]
-    first_env = np.cumsum([0] + envs[:-1])
-    procs = [ctx.Process(target=_worker, args=(cfg, w, shares[w], envs[w], seed + int(first_env[w]), results),
-                         daemon=True, name=f"recorder-{w}")
-             for w in range(workers)]
-    for p in procs:
-        p.start()
-    running = len(procs)
+    first_env = np.cumsum([0] + envs[:-1]).tolist()
+    pending: dict = {}                    # read end -> its worker, for the workers not done yet
+    procs = []
+    # Workers start with SIGINT ignored (inherited), so a Ctrl-C during their start-up reaches
+    # only this process, which then stops them.
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
-        while running:
-            try:
-                kind, payload = results.get(timeout=1.0)
-            except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RecordingError(f"recording worker {dead[0].name} died (exit code {dead[0].exitcode}); "
-                                         f"the {writer.episodes_written} episodes written so far are kept") from None
-                continue
-            if kind == "episode":
-                data, frames = payload
-                writer.write_encoded(data, frames=frames)
-                written()
-            elif kind == "done":
-                running -= 1
-            else:
-                raise RecordingError(f"recording worker failed: {payload}; "
-                                     f"the {writer.episodes_written} episodes written so far are kept")
-    except KeyboardInterrupt:
-        while True:                       # keep what has already arrived
-            try:
-                kind, payload = results.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "episode":
-                writer.write_encoded(payload[0], frames=payload[1])
-        raise
+        for w in range(workers):
+            reader, sender = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(cfg, w, shares[w], envs[w], first_env[w], seed, sender),
+                               daemon=True, name=f"recorder-{w}")
+            proc.start()
+            sender.close()                # the worker holds the only write end: its exit ends the pipe
+            pending[reader] = proc
+            procs.append(proc)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=10)
-        results.close()
+        if main_thread:
+            signal.signal(signal.SIGINT, old_handler)
+    try:
+        while pending:
+            for reader in wait(list(pending)):
+                proc = pending[reader]
+                try:
+                    kind, payload = reader.recv()
+                except EOFError:
+                    proc.join(timeout=10)
+                    raise RecordingError(f"recording worker {proc.name} stopped before its episodes were done "
+                                         f"(exit code {proc.exitcode}); the {writer.episodes_written} episodes "
+                                         "written so far are kept") from None
+                if kind == "episode":
+                    data, frames = payload
+                    writer.write_encoded(data, frames=frames)
+                    written()
+                elif kind == "done":
+                    del pending[reader]
+                    reader.close()
+                else:
+                    raise RecordingError(f"recording {payload}; the {writer.episodes_written} episodes written so "
+                                         "far are kept")
+    finally:                              # done, failed or interrupted: the episodes in flight are lost
+        for reader, proc in pending.items():
+            reader.close()
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
 
 
-def _worker(cfg: RecordConfig, index: int, episodes: int, num_envs: int, seed: int, results) -> None:
-    """A recording worker: plays ``episodes`` episodes on ``num_envs`` envs seeded from ``seed``,
-    sending each one encoded to the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C: the parent stops the workers
+def worker_policy_seed(seed: int, worker: int) -> int:
+    """The seed of worker ``worker``'s policy: drawn from ``SeedSequence([seed, worker])``."""
+    return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0] >> 1)
+
+
+def _worker(cfg: RecordConfig, index: int, episodes: int, num_envs: int, first_env: int, seed: int, sender) -> None:
+    """A recording worker: plays ``episodes`` episodes on envs ``first_env ...`` of the recording
+    (env ``i`` seeded ``seed + i``), sending each one encoded to the parent through ``sender``."""
     parent = os.getppid()
     level = max(cfg.compress_level, 1)
 
     def send(episode: Episode) -> None:
         if os.getppid() != parent:        # the recorder was killed: stop instead of playing on
-            raise SystemExit(0)
-        data = encode_episode(episode, compress=cfg.compress_level > 0, level=level, where=f"worker {index}")
-        results.put(("episode", (data, len(episode.frames))))
+            os._exit(0)
+        data = encode_episode(episode, compress=cfg.compress_level > 0, level=level,
+                              where=f"{cfg.out}: an episode of recording worker {index}")
+        sender.send(("episode", (data, len(episode.frames))))
 
     try:
-        _play(cfg, make_policy(cfg, num_envs, seed=seed), num_envs, "sync", episodes, seed, send)
-        results.put(("done", index))
-    except SystemExit:
-        raise
+        policy = make_policy(cfg, num_envs, seed=worker_policy_seed(seed, index))
+        _play(cfg, policy, num_envs, "sync", episodes, seed, send, first_env=first_env)
+        sender.send(("done", index))
+    except (BrokenPipeError, EOFError):   # the parent is gone
+        os._exit(0)
     except BaseException as e:            # noqa: BLE001 - reported to the parent, which raises it
-        results.put(("error", f"worker {index}: {type(e).__name__}: {e}"))
+        sender.send(("error", f"worker recorder-{index} failed: {type(e).__name__}: {e}"))
+    finally:
+        sender.close()
 
 
 class _Buffer:

@@ -257,7 +257,8 @@ class DatasetWriter:
     def write(self, episode: Episode) -> Path:
         """Write one episode under the next free number and return its path."""
         return self.write_encoded(encode_episode(episode, compress=self.compress_level > 0,
-                                                 level=max(self.compress_level, 1), where=f"episode {self._next}"),
+                                                 level=max(self.compress_level, 1),
+                                                 where=str(self.root / "episodes" / f"episode_{self._next:06d}.npz")),
                                   frames=len(episode.frames))
 
     def write_encoded(self, data: bytes, *, frames: int) -> Path:

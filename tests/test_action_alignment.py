@@ -57,13 +57,15 @@ def test_replay_detects_shifted_actions(recorded_episode):
     assert mismatches > 0
 
 
-def test_vectorized_recording_replays_per_env(tmp_path):
-    """With several envs, episode info names the env and its seed (env i gets seed + i), and every
-    episode, including later ones after an autoreset, replays from that seed."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_vectorized_recording_replays_per_env(tmp_path, workers):
+    """With several envs, in one process or shared out among worker processes, episode info
+    names the env and its seed (env i gets seed + i), and every episode, including later ones
+    after an autoreset, replays from that seed."""
     from recorders.collect import RecordConfig, record
 
     record(RecordConfig(game="pong", out=str(tmp_path / "ds"), episodes=4, max_steps=10, num_envs=2, vector="sync",
-                        policy="mixed", seed=SEED), progress=False)
+                        policy="mixed", seed=SEED, workers=workers), progress=False)
     ds = EpisodeDataset(tmp_path / "ds")
     assert len(ds) == 4
     assert sorted(ds[i].info["env_index"] for i in range(4)) == [0, 0, 1, 1]

@@ -354,14 +354,20 @@ def _episode_digests(root) -> list[tuple]:
     return sorted((ds[i].info["vector_seed"], ds[i].actions.tobytes(), ds[i].frames.tobytes()) for i in range(len(ds)))
 
 
-def test_workers_record_the_same_episodes_whatever_the_timing(tmp_path):
+def test_workers_record_the_same_episodes_whatever_the_timing(tmp_path, monkeypatch):
     """Two worker processes (three envs in all) record exactly the asked episodes; a second run with
     the same seed records the same episodes (the file order may differ), with every env seeded apart."""
+    import recorders.collect as collect
+
+    used = []
+    real = collect._play_in_workers
+    monkeypatch.setattr(collect, "_play_in_workers", lambda cfg, workers, *a: (used.append(workers), real(cfg, workers, *a)))
     runs = []
     for name in ("a", "b"):
         w = record(_pong_cfg(tmp_path / name, episodes=5, max_steps=15, num_envs=3, workers=2), progress=False)
         assert w.episodes_written == 5 and validate_dataset(tmp_path / name) == []
         runs.append(_episode_digests(tmp_path / name))
+    assert used == [2, 2]                                   # recorded by two workers, not in this process
     assert runs[0] == runs[1]
     assert {seed for seed, *_ in runs[0]} == {3, 4, 5}      # seed 3: worker 0 has envs 3, 4; worker 1 has env 5
 
@@ -370,8 +376,41 @@ def test_a_failing_worker_is_reported_by_name(tmp_path):
     from recorders.collect import RecordingError
 
     cfg = RecordConfig(game="cartpole", out=str(tmp_path / "cp"), episodes=2, max_steps=5, frame_skip=3, workers=2)
-    with pytest.raises(RecordingError, match="frame_skip applies to ALE games only"):
+    with pytest.raises(RecordingError, match=r"worker recorder-\d failed: ValueError: frame_skip applies to ALE"):
         record(cfg, progress=False)
+
+
+def test_a_killed_worker_stops_the_recording_and_keeps_what_was_written(tmp_path):
+    """SIGKILL one worker process: the recorder raises a RecordingError naming it, instead of
+    waiting forever, and the dataset it wrote stays readable."""
+    import multiprocessing
+    import threading
+
+    from recorders.collect import RecordingError
+
+    out = tmp_path / "ds"
+    caught = []
+
+    def run():
+        try:
+            record(_pong_cfg(out, episodes=400, max_steps=100, num_envs=2, workers=2), progress=False)
+        except BaseException as e:  # noqa: BLE001 - inspected below
+            caught.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not (episode_paths(out) and multiprocessing.active_children()):
+        assert thread.is_alive() and time.monotonic() < deadline, "no worker wrote an episode"
+        time.sleep(0.05)
+    victim = next(p for p in multiprocessing.active_children() if p.name.startswith("recorder-"))
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the recorder hung after its worker died"
+    assert len(caught) == 1 and isinstance(caught[0], RecordingError), caught
+    assert victim.name in str(caught[0]) and "exit code -9" in str(caught[0])
+    assert 1 <= len(episode_paths(out)) < 400
+    assert validate_dataset(out) == []
 
 
 def test_bad_worker_counts_are_refused():
