@@ -35,7 +35,8 @@ def test_gif_and_image_folder_import_as_latent_labelled_episodes(pong_trajectory
         ds = EpisodeDataset(out)
         assert validate_dataset(out) == []
         assert ds.metadata["action_source"] == "latent"
-        assert ds.metadata["action_meanings"] == [f"code{k}" for k in range(9)]
+        codes = pong_model.lam_config.num_codes
+        assert ds.metadata["action_meanings"] == [f"code{k}" for k in range(codes)]
         t = len(expected) - 1
         assert len(written) == -(-t // 9) and sum(len(ds[i]) for i in range(len(ds))) == t
         ep = ds[0]

@@ -162,15 +162,27 @@ def test_lam_config_checks_the_spatial_readout_grid():
     LAMConfig(frame_size=48, channels=(8, 8, 8, 8, 8), spatial_readout=False)
 
 
-def test_a_bundle_from_before_the_lam_options_loads_its_lam_as_it_was_built():
-    """The shipped Pong bundle's config predates frame_differences, spatial_readout and
-    normalize_latent: it loads with the design it was trained with."""
+def test_a_bundle_from_before_the_lam_options_loads_its_lam_as_it_was_built(tmp_path):
+    """A bundle whose config predates frame_differences, spatial_readout, normalize_latent and
+    decoder_differences (the Pong bundle shipped until session 9) loads with the design it was
+    trained with."""
     from worldmodel.bundle import LAM_BEFORE_V2
+    from worldmodel.config import LAMConfig
+    from worldmodel.lam import LatentActionModel
 
     model = worldmodel.load("pong")
-    assert {k: getattr(model.lam_config, k) for k in LAM_BEFORE_V2} == LAM_BEFORE_V2
-    frames = model.start_frames[0].numpy()
-    assert worldmodel.infer_latent_actions(model, frames).shape == (len(frames) - 1,)
+    old = LAMConfig(history=1, fsq_levels=(3, 3), channels=(8, 8, 8, 8), **LAM_BEFORE_V2)
+    model.lam_config, model.lam = old, LatentActionModel(old)
+    path = model.save(tmp_path / "old")
+    config = json.loads((path / "config.json").read_text())
+    for key in (*LAM_BEFORE_V2, "decoder_differences"):
+        del config["lam"][key]
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = worldmodel.load(path)
+    assert {k: getattr(loaded.lam_config, k) for k in LAM_BEFORE_V2} == LAM_BEFORE_V2
+    assert loaded.lam_config.decoder_differences is False
+    frames = loaded.start_frames[0].numpy()
+    assert worldmodel.infer_latent_actions(loaded, frames).shape == (len(frames) - 1,)
 
 
 def test_latent_dynamics_do_not_start_from_an_actions_bundle(pipeline_run, tmp_path):

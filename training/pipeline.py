@@ -239,7 +239,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     m.reward = update_dataclass(m.reward, dict(num_actions=spec.num_actions), where="model.reward")
     if main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    metrics: dict = {"dataset": {"episodes": len(train), "transitions": train.num_transitions,
+    metrics: dict = {"dataset": {"path": str(cfg.dataset), "episodes": len(train), "transitions": train.num_transitions,
                                  "heldout_episodes": len(held), "heldout_transitions": held.num_transitions},
                      "device": str(device), "amp": amp, "world_size": distributed.world_size}
     log(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
