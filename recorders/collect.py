@@ -283,8 +283,7 @@ def _play_in_workers(cfg: RecordConfig, workers: int, episodes: int, seed: int, 
     raised, was killed, or exited early) stops the recording with a :class:`RecordingError`.
     """
     ctx = mp.get_context("spawn")         # no forked copies of this process's threads or torch state
-    shares = [episodes // workers + (w < episodes % workers) for w in range(workers)]
-    envs = [cfg.num_envs // workers + (w < cfg.num_envs % workers) for w in range(workers)]
+    shares, envs = _split(episodes, workers), _split(cfg.num_envs, workers)
     first_env = np.cumsum([0] + envs[:-1]).tolist()
     pending: dict = {}                    # read end -> its worker, for the workers not done yet
     procs = []
@@ -332,6 +331,11 @@ def _play_in_workers(cfg: RecordConfig, workers: int, episodes: int, seed: int, 
                 proc.terminate()
         for proc in procs:
             proc.join(timeout=10)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` shared out as evenly as possible, the first parts taking one more."""
+    return [total // parts + (w < total % parts) for w in range(parts)]
 
 
 def worker_policy_seed(seed: int, worker: int) -> int:

@@ -83,7 +83,8 @@ def main() -> None:
         frames = torch.as_tensor(e.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             cols["code"].append(lam.infer(frames).numpy())
-        y, disp = paddle_y(e.frames), np.diff(paddle_y(e.frames))
+        y = paddle_y(e.frames)
+        disp = np.diff(y)
         ball = ball_xy(e.frames)
         cols["action"].append(group[e.actions])
         cols["y"].append(y[:-1])

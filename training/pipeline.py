@@ -183,17 +183,18 @@ def ensure_datasets(cfg: PipelineConfig, *, record_missing: bool = True) -> tupl
                                                                         cfg.seed + 100_000)):
         marker = Path(path) / RECORDING_MARKER
         have = len(episode_paths(path))
-        ours = have == 0 or marker.exists()
-        if have < episodes and record_missing and ours:
-            print(f"recording {episodes - have} {cfg.game} episodes into {path}")
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
-            record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
-                                num_envs=rb.num_envs, policy="mixed", seed=seed), progress=cfg.progress)
-            marker.unlink()
-        elif have < episodes and record_missing:
+        if have >= episodes or not record_missing:
+            continue
+        if have > 0 and not marker.exists():
             print(f"using the {have} episodes of {path} as they are (the preset records {episodes}; "
                   "the pipeline tops up only datasets it recorded itself)")
+            continue
+        print(f"recording {episodes - have} {cfg.game} episodes into {path}")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        record(RecordConfig(game=cfg.game, out=path, episodes=episodes, max_steps=rb.max_steps,
+                            num_envs=rb.num_envs, policy="mixed", seed=seed), progress=cfg.progress)
+        marker.unlink()
     train, held = EpisodeDataset(cfg.dataset), EpisodeDataset(cfg.heldout)
     for ds in (train, held):
         if ds.metadata["game"] != cfg.game:

@@ -60,6 +60,12 @@ class FSQ(nn.Module):
         return (idx - half_width) / half_width
 
 
+def _differences(frames: torch.Tensor) -> torch.Tensor:
+    """``(B, K, 3, H, W)`` -> consecutive differences stacked on channels ``(B, 3 (K-1), H, W)``,
+    scaled up: a moving object's change is a few pixels of the frame."""
+    return 4 * rearrange(frames[:, 1:] - frames[:, :-1], "b k c h w -> b (k c) h w")
+
+
 def _down(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU())
 
@@ -108,8 +114,8 @@ class LatentActionModel(nn.Module):
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``frames (B, history+2, 3, H, W)`` -> (FSQ values ``(B, d)``, codes ``(B,)`` int64)."""
         x = rearrange(frames, "b k c h w -> b (k c) h w")
-        if self.cfg.frame_differences:   # scaled up: a moving object's change is a few pixels of the frame
-            x = torch.cat([x, 4 * rearrange(frames[:, 1:] - frames[:, :-1], "b k c h w -> b (k c) h w")], dim=1)
+        if self.cfg.frame_differences:
+            x = torch.cat([x, _differences(frames)], dim=1)
         h = self.encoder(x)
         h = h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1))
         return self.fsq(self.latent_norm(self.to_latent(h)))
@@ -118,7 +124,7 @@ class LatentActionModel(nn.Module):
         """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted ``x_{t+1} (B, 3, H, W)``."""
         h = rearrange(past, "b k c h w -> b (k c) h w")
         if self.cfg.decoder_differences:
-            h = torch.cat([h, 4 * rearrange(past[:, 1:] - past[:, :-1], "b k c h w -> b (k c) h w")], dim=1)
+            h = torch.cat([h, _differences(past)], dim=1)
         skips = []
         for down, proj in zip(self.dec_down, self.code_proj):
             h = down(h)
