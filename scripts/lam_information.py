@@ -5,7 +5,8 @@ The codes of the held-out transitions against quantities read out of the frames
 "acceleration" (displacement minus half the previous one), the orange paddle's displacement,
 the ball's position and velocity. Continuous quantities are cut into 5 quantile bins. Also
 prints how well the read-out alone names the action (a look-up table fitted in-sample: an
-upper bound for any code that sees the same frames).
+upper bound for any code that sees the same frames; with the previous action too, the bound
+for a code whose decoder also sees the previous code).
 
     python scripts/lam_information.py pong                        # a bundle's LAM
     python scripts/lam_information.py runs/lamx-iid3-pool         # a pipeline run's lam snapshot
@@ -24,6 +25,7 @@ import torch
 from envs.games import get_game
 from envs.readout import ball_xy, paddle_y
 from recorders.dataset import EpisodeDataset
+from training.evaluate import score_latent_actions
 
 
 def load_lam(source: str):
@@ -75,9 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     lam = load_lam(args.source)
-    _, group = get_game("pong").effective_action_groups()
+    names, group = get_game("pong").effective_action_groups()
     ds = EpisodeDataset(args.heldout)
-    cols: dict[str, list] = {k: [] for k in ("code", "action", "y", "disp", "prev", "opp", "bx", "by", "vx", "vy")}
+    cols: dict[str, list] = {k: [] for k in ("code", "action", "prev_action", "y", "disp", "prev", "opp", "bx", "by", "vx", "vy")}
     for i in range(len(ds)):
         e = ds[i]
         frames = torch.as_tensor(e.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -87,6 +89,7 @@ def main() -> None:
         disp = np.diff(y)
         ball = ball_xy(e.frames)
         cols["action"].append(group[e.actions])
+        cols["prev_action"].append(np.concatenate([[0], group[e.actions[:-1]]]))
         cols["y"].append(y[:-1])
         cols["disp"].append(disp)
         cols["prev"].append(np.concatenate([[0.0], disp[:-1]]))
@@ -105,10 +108,16 @@ def main() -> None:
             ("ball vx", bins(c["vx"])), ("ball vy", bins(c["vy"]))]
     for name, values in rows:
         print(f"  I(code; {name:27s}) = {mutual_information(code, values):.3f} bits")
+    genie = score_latent_actions(code, action, names, num_codes=lam.fsq.num_codes)
+    print(f"code -> action dictionary fitted on {genie['labelled_steps']} labelled steps (Genie's recipe, as "
+          f"training.evaluate scores it): accuracy {genie['accuracy']:.1%}, majority {genie['majority_baseline']:.1%}, "
+          f"perplexity {genie['perplexity']:.2f}")
     print("read-out alone names the action (in-sample look-up): displacement "
           f"{lookup_accuracy(action, c['disp']):.1%}, with the previous displacement "
           f"{lookup_accuracy(action, c['disp'], c['prev']):.1%}, and the position "
-          f"{lookup_accuracy(action, c['disp'], c['prev'], c['y']):.1%}")
+          f"{lookup_accuracy(action, c['disp'], c['prev'], c['y']):.1%}; displacement, previous displacement and "
+          f"previous action {lookup_accuracy(action, c['disp'], c['prev'], c['prev_action']):.1%} (what a code can name "
+          "when the decoder knows the previous one, LAMConfig.past_codes)")
 
 
 if __name__ == "__main__":

@@ -437,7 +437,15 @@ def latent_action_quality(model: ModelBundle, episodes: list[Episode], *, labell
     names, group_of = model.game_spec.effective_action_groups()
     codes = np.concatenate([infer_latent_actions(model, e.frames) for e in episodes])
     truth = group_of[np.concatenate([e.actions for e in episodes])]
-    k = int(np.prod(model.lam_config.fsq_levels))
+    return score_latent_actions(codes, truth, names, num_codes=model.lam_config.num_codes,
+                                labelled_steps=labelled_steps, seed=seed)
+
+
+def score_latent_actions(codes: np.ndarray, truth: np.ndarray, names: list[str], *, num_codes: int,
+                         labelled_steps: int = 200, seed: int = 0) -> dict:
+    """The scores of :func:`latent_action_quality` from ``codes (N,)`` and the true effective
+    actions ``truth (N,)`` (int64 indices into ``names``) of the same transitions."""
+    k = num_codes
     usage = np.bincount(codes, minlength=k) / len(codes)
     nz = usage[usage > 0]
     confusion = np.zeros((k, len(names)), np.int64)
