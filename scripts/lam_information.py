@@ -6,7 +6,7 @@ The codes of the held-out transitions against quantities read out of the frames
 the ball's position and velocity. Continuous quantities are cut into 5 quantile bins. Also
 prints how well the read-out alone names the action (a look-up table fitted in-sample: an
 upper bound for any code that sees the same frames; with the previous action too, the bound
-for a code whose decoder also sees the previous code).
+for a code read knowing the previous one).
 
     python scripts/lam_information.py pong                        # a bundle's LAM
     python scripts/lam_information.py runs/lamx-iid3-pool         # a pipeline run's lam snapshot
@@ -117,7 +117,7 @@ def main() -> None:
           f"{lookup_accuracy(action, c['disp'], c['prev']):.1%}, and the position "
           f"{lookup_accuracy(action, c['disp'], c['prev'], c['y']):.1%}; displacement, previous displacement and "
           f"previous action {lookup_accuracy(action, c['disp'], c['prev'], c['prev_action']):.1%} (what a code can name "
-          "when the decoder knows the previous one, LAMConfig.past_codes)")
+          "when the previous action is known)")
 
 
 if __name__ == "__main__":

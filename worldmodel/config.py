@@ -87,24 +87,11 @@ class LAMConfig:
         decoder_differences: the decoder also sees the differences of consecutive past frames
             (the objects' velocities), so that motion the history already implies need not
             be carried by the code.
-        past_codes: the decoder also sees the codes of this many earlier transitions (Genie's
-            decoder sees all past latent actions). Where an action shows over two frames (Pong's
-            paddle lags: a_t moves it between x_t and x_{t+1} and again between x_{t+1} and
-            x_{t+2}), the news in x_{t+1} mixes a_t with the rest of a_{t-1}; given z_{t-1}, it
-            is a_t's alone. Training windows are ``past_codes`` frames longer.
         predict_frames: the decoder predicts ``x_{t+1..t+n}`` from the frames up to ``x_t`` and
             ``z_t`` (the encoder sees up to ``x_{t+n}``). Pong's paddle moves by each action
             over two transitions (its displacement is about 2.2 px x (u_t + u_{t-1}), u = -1, 0
-            or +1): a code for the next frame alone is best spent on that sum, one for the next
-            two frames on ``u_t``, which both share.
-        mirror: ``"vertical"`` or ``"horizontal"``: the game's actions come in mirror pairs
-            (Pong's up and down, Breakout's left and right), and the encoder is built so that
-            the mirrored clip gets the negated latent (``z(flip x) = -z(x)``, every FSQ level
-            odd) and sees only the frames' differences (the raw frames' score would tell a
-            mirrored clip from a real one). A code that names a change relative to the paddle's own motion ("reverse",
-            "keep going") or to the screen's middle is the same for a clip and its mirror
-            image, so it cannot be expressed; "up" and "down" can. No labels are used.
-            ``None``: no such assumption.
+            or +1): a code for the next frame alone is best spent on that sum; one that must
+            explain the next two frames is pushed towards ``u_t``, the term both share.
     """
 
     history: int = 2
@@ -116,21 +103,13 @@ class LAMConfig:
     spatial_readout: bool = True
     normalize_latent: bool = True
     decoder_differences: bool = False
-    past_codes: int = 0
     predict_frames: int = 1
-    mirror: str | None = None
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
         self.channels = tuple(self.channels)
         self.decoder_channels = tuple(self.decoder_channels) if self.decoder_channels else None
         check_positive(self, "history", "frame_size", "predict_frames")
-        if self.mirror not in (None, "vertical", "horizontal"):
-            raise ValueError(f"LAMConfig.mirror must be None, 'vertical' or 'horizontal', got {self.mirror!r}")
-        if self.mirror and any(level % 2 == 0 for level in self.fsq_levels):
-            raise ValueError(f"LAMConfig.mirror needs odd fsq_levels (a level 0 that negation keeps), got {self.fsq_levels}")
-        if self.past_codes < 0:
-            raise ValueError(f"LAMConfig.past_codes must be >= 0, got {self.past_codes}")
         if not self.fsq_levels or min(self.fsq_levels) < 2:
             raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
         if self.spatial_readout and self.frame_size % 2 ** len(self.channels):
@@ -138,14 +117,10 @@ class LAMConfig:
                              f"2 ** {len(self.channels)} (one halving per encoder layer)")
 
     @property
-    def encoder_frames(self) -> int:
-        """Frames the encoder sees for one code ``z_t``: ``x_{t-history..t+predict_frames}``."""
-        return self.history + 1 + self.predict_frames
-
-    @property
     def window(self) -> int:
-        """Frames in one training window: the encoder's, and one more per past code."""
-        return self.encoder_frames + self.past_codes
+        """Frames the encoder sees for one code ``z_t`` (one training window):
+        ``x_{t-history..t+predict_frames}``."""
+        return self.history + 1 + self.predict_frames
 
     @property
     def num_codes(self) -> int:

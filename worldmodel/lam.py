@@ -13,11 +13,8 @@ rounding bin gives every transition the same code, which is what the first shipp
 learned (perplexity 1.0). ``normalize_latent`` batch-normalises that input (without learned
 scale), which keeps it spread over the bins.
 
-Three options aim the code at the action rather than at some other summary of the change
-(``LAMConfig``): ``predict_frames`` (the decoder predicts the next frames, not only the next
-one, from the one code), ``past_codes`` (the decoder also sees earlier codes, as Genie's
-decoder sees all past latent actions) and ``mirror`` (the latent is odd under a mirror flip
-of the clip, so it can name "up" but not "reverse").
+``predict_frames`` aims the code at the action rather than at some other summary of the
+change: the decoder predicts the next frames, not only the next one, from the one code.
 """
 
 from __future__ import annotations
@@ -73,26 +70,6 @@ def _differences(frames: torch.Tensor) -> torch.Tensor:
     return 4 * rearrange(frames[:, 1:] - frames[:, :-1], "b k c h w -> b (k c) h w")
 
 
-class ScaleNorm(nn.Module):
-    """Batch normalisation without centring: ``z / rms(z)`` per dimension, the root mean square
-    taken over the batch in training and from a running average in evaluation. Odd, so a
-    mirror-equivariant latent stays one."""
-
-    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5):
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.register_buffer("running_ms", torch.ones(dim))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            ms = z.detach().float().pow(2).mean(dim=0)
-            self.running_ms.lerp_(ms, self.momentum)
-            ms = z.float().pow(2).mean(dim=0)
-        else:
-            ms = self.running_ms
-        return z * torch.rsqrt(ms + self.eps).to(z.dtype)
-
-
 def _windows(frames: torch.Tensor, k: int) -> torch.Tensor:
     """``(B, T, 3, H, W)`` -> its ``T - k + 1`` windows of ``k`` consecutive frames ``(B (T-k+1), k, 3, H, W)``."""
     return rearrange(frames.unfold(1, k, 1), "b n c h w k -> (b n) k c h w")
@@ -111,31 +88,24 @@ class LatentActionModel(nn.Module):
     """Encoder ``(x_{t-h..t}, x_{t+1}) -> z_t`` and decoder ``(x_{t-h..t}, z_t) -> x_{t+1}``.
 
     Frames are ``(B, K, 3, H, W)`` float in [-1, 1] stacked along channels, ``K = history + 2``
-    for the encoder (the last one is ``x_{t+1}``) and ``history + 1`` for the decoder. With
-    ``cfg.past_codes = p`` the decoder also takes the codes ``z_{t-p..t-1}`` of the windows
-    ending at ``x_{t-p+1..t}``, and a training window holds ``cfg.window = history + 2 + p`` frames.
+    for the encoder (the last one is ``x_{t+1}``) and ``history + 1`` for the decoder;
+    ``predict_frames = n`` adds ``x_{t+2..t+n}`` to the encoder's frames and the decoder's targets.
     """
 
     def __init__(self, cfg: LAMConfig):
         super().__init__()
         self.cfg = cfg
         k, n = cfg.history + 1, cfg.predict_frames
-        # Mirrored: the encoder sees only what moved. The raw frames hold the score, which tells a
-        # mirrored clip from a real one at a glance; a latent that names that is odd, and useless.
         e = k + n                                                            # frames the encoder sees
-        enc, c_prev = [], 3 * (e - 1) if cfg.mirror else 3 * e + (3 * (e - 1) if cfg.frame_differences else 0)
+        enc, c_prev = [], 3 * e + (3 * (e - 1) if cfg.frame_differences else 0)
         for c in cfg.channels:
             enc.append(_down(c_prev, c))
             c_prev = c
         self.encoder = nn.Sequential(*enc)
         grid = cfg.frame_size // 2 ** len(cfg.channels)
         self.to_latent = nn.Linear(c_prev * (grid * grid if cfg.spatial_readout else 1), len(cfg.fsq_levels))
-        if not cfg.normalize_latent:
-            self.latent_norm = nn.Identity()
-        elif cfg.mirror:
-            self.latent_norm = ScaleNorm(len(cfg.fsq_levels))      # centring would break z(flip x) = -z(x)
-        else:
-            self.latent_norm = nn.BatchNorm1d(len(cfg.fsq_levels), affine=False)
+        self.latent_norm = (nn.BatchNorm1d(len(cfg.fsq_levels), affine=False) if cfg.normalize_latent
+                            else nn.Identity())
         self.fsq = FSQ(cfg.fsq_levels)
         # Decoder: a small U-Net over the past frames, with the code injected at every scale.
         ch = cfg.decoder_channels or cfg.channels
@@ -144,8 +114,7 @@ class LatentActionModel(nn.Module):
         for c in ch:
             self.dec_down.append(_down(c_prev, c))
             c_prev = c
-        code_dim = len(cfg.fsq_levels) * (cfg.past_codes + 1)
-        self.code_proj = nn.ModuleList([nn.Linear(code_dim, 2 * c) for c in ch])
+        self.code_proj = nn.ModuleList([nn.Linear(len(cfg.fsq_levels), 2 * c) for c in ch])
         self.dec_up = nn.ModuleList()
         ups = list(reversed(ch))
         for i, c in enumerate(ups):
@@ -153,30 +122,19 @@ class LatentActionModel(nn.Module):
             self.dec_up.append(_up(c if i == 0 else 2 * c, c_out))
         self.out = nn.Conv2d(32, 3 * n, 3, padding=1)
 
-    def _latent(self, frames: torch.Tensor) -> torch.Tensor:
-        if self.cfg.mirror:
-            x = _differences(frames)
-        else:
-            x = rearrange(frames, "b k c h w -> b (k c) h w")
-            if self.cfg.frame_differences:
-                x = torch.cat([x, _differences(frames)], dim=1)
-        h = self.encoder(x)
-        return self.to_latent(h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1)))
-
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``frames (B, cfg.encoder_frames, 3, H, W)`` (``x_{t-history..t+predict_frames}``) -> (FSQ
-        values ``(B, d)``, codes ``(B,)`` int64).
-
-        With ``cfg.mirror`` the latent is ``f(d) - f(flip d)`` of the frame differences ``d`` alone,
-        odd under the mirror flip."""
-        z = self._latent(frames)
-        if self.cfg.mirror:
-            z = z - self._latent(frames.flip(-2 if self.cfg.mirror == "vertical" else -1))
-        return self.fsq(self.latent_norm(z))
+        """``frames (B, cfg.window, 3, H, W)`` (``x_{t-history..t+predict_frames}``) -> (FSQ values
+        ``(B, d)``, codes ``(B,)`` int64)."""
+        x = rearrange(frames, "b k c h w -> b (k c) h w")
+        if self.cfg.frame_differences:
+            x = torch.cat([x, _differences(frames)], dim=1)
+        h = self.encoder(x)
+        h = h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1))
+        return self.fsq(self.latent_norm(self.to_latent(h)))
 
     def decode(self, past: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """``past (B, history+1, 3, H, W)`` and the FSQ values of ``z_{t-p..t}``, oldest first,
-        ``(B, (p+1) d)`` -> predicted ``x_{t+1..t+predict_frames} (B, predict_frames, 3, H, W)``."""
+        """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted
+        ``x_{t+1..t+predict_frames} (B, predict_frames, 3, H, W)``."""
         h = rearrange(past, "b k c h w -> b (k c) h w")
         if self.cfg.decoder_differences:
             h = torch.cat([h, _differences(past)], dim=1)
@@ -193,10 +151,8 @@ class LatentActionModel(nn.Module):
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``frames (B, cfg.window, 3, H, W)`` -> (predicted ``x_{t+1..t+predict_frames}
         (B, predict_frames, 3, H, W)``, codes ``z_t (B,)``)."""
-        b, e = frames.shape[0], self.cfg.encoder_frames
-        values, codes = self.encode(_windows(frames, e))                        # (B (p+1), d), oldest first
-        past = frames[:, -e:][:, :self.cfg.history + 1]
-        return self.decode(past, values.view(b, -1)), codes.view(b, -1)[:, -1]
+        values, codes = self.encode(frames)
+        return self.decode(frames[:, :self.cfg.history + 1], values), codes
 
     @torch.no_grad()
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
@@ -216,7 +172,7 @@ class LatentActionModel(nn.Module):
         b, h, n = frames.shape[0], self.cfg.history, self.cfg.predict_frames
         padded = torch.cat([frames[:, :1].expand(-1, h, -1, -1, -1), frames,
                             frames[:, -1:].expand(-1, n - 1, -1, -1, -1)], dim=1)
-        return self.encode(_windows(padded, self.cfg.encoder_frames))[1].view(b, -1)
+        return self.encode(_windows(padded, self.cfg.window))[1].view(b, -1)
 
 
 def lam_loss(model: LatentActionModel, frames: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
