@@ -102,12 +102,16 @@ def main() -> None:
     code, action = c["code"], c["action"]
     print(f"{args.source} on {args.heldout}: {len(code)} transitions, H(code) = "
           f"{mutual_information(code, code):.2f} bits, H(action) = {mutual_information(action, action):.2f} bits")
-    rows = [("action", action), ("green paddle position", bins(c["y"])), ("green paddle displacement", bins(c["disp"])),
+    rows = [("action", action), ("previous action", c["prev_action"]), ("green paddle position", bins(c["y"])), ("green paddle displacement", bins(c["disp"])),
             ("green paddle acceleration", bins(c["disp"] - 0.5 * c["prev"])),
             ("orange paddle displacement", bins(c["opp"])), ("ball x", bins(c["bx"])), ("ball y", bins(c["by"])),
             ("ball vx", bins(c["vx"])), ("ball vy", bins(c["vy"]))]
     for name, values in rows:
         print(f"  I(code; {name:27s}) = {mutual_information(code, values):.3f} bits")
+    moved = np.isfinite(c["disp"])
+    print("mean green paddle displacement (px) by (previous action, action): " + ", ".join(
+        f"{names[p]}-{names[a]} {np.mean(c['disp'][moved & (c['prev_action'] == p) & (action == a)]):+.1f}"
+        for p in range(len(names)) for a in range(len(names))))
     genie = score_latent_actions(code, action, names, num_codes=lam.fsq.num_codes)
     print(f"code -> action dictionary fitted on {genie['labelled_steps']} labelled steps (Genie's recipe, as "
           f"training.evaluate scores it): accuracy {genie['accuracy']:.1%}, majority {genie['majority_baseline']:.1%}, "

@@ -195,29 +195,3 @@ def test_latent_dynamics_do_not_start_from_an_actions_bundle(pipeline_run, tmp_p
         run(build_config(dict(preset="tiny", out=str(tmp_path / "latent"), dataset=str(root / "data"),
                               heldout=str(root / "heldout"), progress=False, conditioning="latent",
                               stages=["dynamics"], init_from=str(root / "run" / "bundle"))))
-
-
-def test_a_lam_that_predicts_two_frames_sees_them_only_through_its_code():
-    """``predict_frames=2``: the encoder sees ``x_{t+1}`` and ``x_{t+2}``, the decoder predicts both
-    from the frames up to ``x_t`` and ``z_t`` alone; ``infer`` still gives one code per transition."""
-    from worldmodel.config import LAMConfig
-    from worldmodel.lam import LatentActionModel, lam_loss
-
-    torch.manual_seed(0)
-    cfg = LAMConfig(history=1, fsq_levels=(3,), channels=(8, 16, 16, 16), decoder_channels=(8, 8, 8, 8),
-                    spatial_readout=False, predict_frames=2)
-    assert cfg.window == 4
-    lam = LatentActionModel(cfg).eval()
-    clips = torch.rand(6, 4, 3, 64, 64) * 2 - 1
-    pred, codes = lam(clips)
-    values, own = lam.encode(clips)
-    assert pred.shape == (6, 2, 3, 64, 64)
-    torch.testing.assert_close(codes, own)
-    torch.testing.assert_close(pred, lam.decode(clips[:, :2], values))
-    loss, _ = lam_loss(lam, clips, torch.ones(6, 2, 64, 64))
-    torch.testing.assert_close(loss, (pred - clips[:, 2:]).pow(2).mean())
-    clip = clips[0]
-    assert lam.infer(clip).shape == (3,)
-    # The last transition lacks x_{t+2}: the last frame stands in for it.
-    padded = torch.cat([clip[:1], clip[1:], clip[-1:]])[None]
-    torch.testing.assert_close(lam.infer(clip)[-1], lam.encode(padded[:, -4:])[1][0])

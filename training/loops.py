@@ -335,12 +335,12 @@ def tokenizer_loss_fn(sampler: WindowSampler, batch_size: int, device, moving_we
 
 
 def lam_loss_fn(sampler: WindowSampler, batch_size: int, device, moving_weight: float):
-    """LAM loss on windows of ``LAMConfig.window`` frames."""
+    """LAM loss on stacks of ``history + 2`` frames (windows of that length)."""
 
     def loss_fn(lam: LatentActionModel):
         batch = _batch_to(sampler.sample(batch_size), device)
-        x = frames_to_tensor(batch["frames"])                                   # (B, window, 3, H, W)
-        w = 1.0 + moving_weight * moving_mask(x)[:, -lam.cfg.predict_frames:]
+        x = frames_to_tensor(batch["frames"])                                   # (B, h+2, 3, H, W)
+        w = 1.0 + moving_weight * moving_mask(x)[:, -1]
         loss, codes = lam_loss(lam, x, w)
         usage = torch.bincount(codes, minlength=lam.fsq.num_codes).float()
         p = usage / usage.sum()

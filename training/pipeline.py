@@ -292,7 +292,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
     lam = stage("lam", LatentActionModel(m.lam).to(device), m.lam,
                 lambda smp: lam_loss_fn(smp, b.lam.batch_size, device, cfg.moving_weight),
-                b.lam, m.lam.window, cfg.seed + 2, conv_amp)
+                b.lam, m.lam.history + 2, cfg.seed + 2, conv_amp)
     if lam is not None:
         metrics["lam_params"] = sum(p.numel() for p in lam.parameters())
 
@@ -396,11 +396,9 @@ def fit_key_to_code_map(lam: LatentActionModel, episodes, num_actions: int, labe
     ep_of = np.searchsorted(ends, picks, side="right")
     steps = picks - np.concatenate([[0], ends[:-1]])[ep_of]
     # Each transition x_i -> x_{i+1} as the encoder's window, its history with the first frame
-    # repeated before an episode's start and the last after its end (as LatentActionModel.infer
-    # pads): one batch, one pass.
-    offsets = np.arange(-lam.cfg.history, 1 + lam.cfg.predict_frames)
-    windows = np.stack([episodes[e].frames[np.clip(i + offsets, 0, len(episodes[e].frames) - 1)]
-                        for e, i in zip(ep_of, steps)])
+    # repeated before an episode's start (as LatentActionModel.infer pads): one batch, one pass.
+    offsets = np.arange(-lam.cfg.history, 2)
+    windows = np.stack([episodes[e].frames[np.clip(i + offsets, 0, None)] for e, i in zip(ep_of, steps)])
     with torch.no_grad():
         codes = lam.encode(frames_to_tensor(torch.as_tensor(windows, device=device)))[1].cpu().numpy()
     actions = [episodes[e].actions[i] for e, i in zip(ep_of, steps)]

@@ -87,11 +87,6 @@ class LAMConfig:
         decoder_differences: the decoder also sees the differences of consecutive past frames
             (the objects' velocities), so that motion the history already implies need not
             be carried by the code.
-        predict_frames: the decoder predicts ``x_{t+1..t+n}`` from the frames up to ``x_t`` and
-            ``z_t`` (the encoder sees up to ``x_{t+n}``). Pong's paddle moves by each action
-            over two transitions (its displacement is about 2.2 px x (u_t + u_{t-1}), u = -1, 0
-            or +1): a code for the next frame alone is best spent on that sum; one that must
-            explain the next two frames is pushed towards ``u_t``, the term both share.
     """
 
     history: int = 2
@@ -103,24 +98,17 @@ class LAMConfig:
     spatial_readout: bool = True
     normalize_latent: bool = True
     decoder_differences: bool = False
-    predict_frames: int = 1
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
         self.channels = tuple(self.channels)
         self.decoder_channels = tuple(self.decoder_channels) if self.decoder_channels else None
-        check_positive(self, "history", "frame_size", "predict_frames")
+        check_positive(self, "history", "frame_size")
         if not self.fsq_levels or min(self.fsq_levels) < 2:
             raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
         if self.spatial_readout and self.frame_size % 2 ** len(self.channels):
             raise ValueError(f"LAMConfig.spatial_readout needs frame_size {self.frame_size} divisible by "
                              f"2 ** {len(self.channels)} (one halving per encoder layer)")
-
-    @property
-    def window(self) -> int:
-        """Frames the encoder sees for one code ``z_t`` (one training window):
-        ``x_{t-history..t+predict_frames}``."""
-        return self.history + 1 + self.predict_frames
 
     @property
     def num_codes(self) -> int:

@@ -1,8 +1,7 @@
 """The latent-action model (LAM), after Genie (Bruce et al. 2024, "Genie: Generative
 Interactive Environments", section 2.1).
 
-The encoder sees ``x_{t+1}`` (and with ``predict_frames = n`` up to ``x_{t+n}``) and
-``history + 1`` frames up to ``x_t`` (and, with
+The encoder sees ``x_{t+1}`` and ``history + 1`` frames up to ``x_t`` (and, with
 ``frame_differences``, their consecutive differences) and emits a discrete code ``z_t`` from
 a small codebook (finite scalar quantization, Mentzer et al. 2023, "Finite Scalar
 Quantization: VQ-VAE Made Simple"). The decoder rebuilds ``x_{t+1}`` from the frames up to
@@ -12,9 +11,6 @@ FSQ has no codebook to collapse, but its input can: a quantizer input that stays
 rounding bin gives every transition the same code, which is what the first shipped Pong LAM
 learned (perplexity 1.0). ``normalize_latent`` batch-normalises that input (without learned
 scale), which keeps it spread over the bins.
-
-``predict_frames`` aims the code at the action rather than at some other summary of the
-change: the decoder predicts the next frames, not only the next one, from the one code.
 """
 
 from __future__ import annotations
@@ -70,11 +66,6 @@ def _differences(frames: torch.Tensor) -> torch.Tensor:
     return 4 * rearrange(frames[:, 1:] - frames[:, :-1], "b k c h w -> b (k c) h w")
 
 
-def _windows(frames: torch.Tensor, k: int) -> torch.Tensor:
-    """``(B, T, 3, H, W)`` -> its ``T - k + 1`` windows of ``k`` consecutive frames ``(B (T-k+1), k, 3, H, W)``."""
-    return rearrange(frames.unfold(1, k, 1), "b n c h w k -> (b n) k c h w")
-
-
 def _down(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU())
 
@@ -88,16 +79,14 @@ class LatentActionModel(nn.Module):
     """Encoder ``(x_{t-h..t}, x_{t+1}) -> z_t`` and decoder ``(x_{t-h..t}, z_t) -> x_{t+1}``.
 
     Frames are ``(B, K, 3, H, W)`` float in [-1, 1] stacked along channels, ``K = history + 2``
-    for the encoder (the last one is ``x_{t+1}``) and ``history + 1`` for the decoder;
-    ``predict_frames = n`` adds ``x_{t+2..t+n}`` to the encoder's frames and the decoder's targets.
+    for the encoder (the last one is ``x_{t+1}``) and ``history + 1`` for the decoder.
     """
 
     def __init__(self, cfg: LAMConfig):
         super().__init__()
         self.cfg = cfg
-        k, n = cfg.history + 1, cfg.predict_frames
-        e = k + n                                                            # frames the encoder sees
-        enc, c_prev = [], 3 * e + (3 * (e - 1) if cfg.frame_differences else 0)
+        k = cfg.history + 1
+        enc, c_prev = [], 3 * (k + 1) + (3 * k if cfg.frame_differences else 0)
         for c in cfg.channels:
             enc.append(_down(c_prev, c))
             c_prev = c
@@ -120,11 +109,10 @@ class LatentActionModel(nn.Module):
         for i, c in enumerate(ups):
             c_out = ups[i + 1] if i + 1 < len(ups) else 32
             self.dec_up.append(_up(c if i == 0 else 2 * c, c_out))
-        self.out = nn.Conv2d(32, 3 * n, 3, padding=1)
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``frames (B, cfg.window, 3, H, W)`` (``x_{t-history..t+predict_frames}``) -> (FSQ values
-        ``(B, d)``, codes ``(B,)`` int64)."""
+        """``frames (B, history+2, 3, H, W)`` -> (FSQ values ``(B, d)``, codes ``(B,)`` int64)."""
         x = rearrange(frames, "b k c h w -> b (k c) h w")
         if self.cfg.frame_differences:
             x = torch.cat([x, _differences(frames)], dim=1)
@@ -133,8 +121,7 @@ class LatentActionModel(nn.Module):
         return self.fsq(self.latent_norm(self.to_latent(h)))
 
     def decode(self, past: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted
-        ``x_{t+1..t+predict_frames} (B, predict_frames, 3, H, W)``."""
+        """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted ``x_{t+1} (B, 3, H, W)``."""
         h = rearrange(past, "b k c h w -> b (k c) h w")
         if self.cfg.decoder_differences:
             h = torch.cat([h, _differences(past)], dim=1)
@@ -146,13 +133,12 @@ class LatentActionModel(nn.Module):
             skips.append(h)
         for i, up in enumerate(self.dec_up):
             h = up(h if i == 0 else torch.cat([h, skips[-1 - i]], dim=1))
-        return past[:, -1:] + rearrange(self.out(h), "b (n c) h w -> b n c h w", c=3)
+        return past[:, -1] + self.out(h)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``frames (B, cfg.window, 3, H, W)`` -> (predicted ``x_{t+1..t+predict_frames}
-        (B, predict_frames, 3, H, W)``, codes ``z_t (B,)``)."""
+        """``frames (B, history+2, 3, H, W)`` -> (reconstructed ``x_{t+1} (B, 3, H, W)``, codes ``(B,)``)."""
         values, codes = self.encode(frames)
-        return self.decode(frames[:, :self.cfg.history + 1], values), codes
+        return self.decode(frames[:, :-1], values), codes
 
     @torch.no_grad()
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
@@ -164,27 +150,27 @@ class LatentActionModel(nn.Module):
         Returns:
             ``(T-1,)`` (or ``(B, T-1)``) int64 codes; ``z_t`` labels the transition
             ``x_t -> x_{t+1}``. The first frames, which lack history, repeat the first frame
-            as their history; with ``predict_frames > 1`` the last ones repeat the last frame
-            as the future they lack.
+            as their history.
         """
         if frames.dim() == 4:
             return self.infer(frames[None])[0]
-        b, h, n = frames.shape[0], self.cfg.history, self.cfg.predict_frames
-        padded = torch.cat([frames[:, :1].expand(-1, h, -1, -1, -1), frames,
-                            frames[:, -1:].expand(-1, n - 1, -1, -1, -1)], dim=1)
-        return self.encode(_windows(padded, self.cfg.window))[1].view(b, -1)
+        b, h = frames.shape[0], self.cfg.history
+        padded = torch.cat([frames[:, :1].expand(-1, h, -1, -1, -1), frames], dim=1)
+        windows = padded.unfold(1, h + 2, 1)                                    # (B, T-1, 3, H, W, K)
+        codes = self.encode(rearrange(windows, "b n c h w k -> (b n) k c h w"))[1]
+        return codes.view(b, -1)
 
 
 def lam_loss(model: LatentActionModel, frames: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted reconstruction loss of ``x_{t+1..t+predict_frames}``.
+    """Weighted reconstruction loss of ``x_{t+1}``.
 
     Args:
-        frames: ``(B, cfg.window, 3, H, W)`` in [-1, 1].
-        weights: ``(B, predict_frames, H, W)`` per-pixel weights (moving pixels weigh more).
+        frames: ``(B, history+2, 3, H, W)`` in [-1, 1].
+        weights: ``(B, H, W)`` per-pixel weights (moving pixels weigh more).
 
     Returns:
         (scalar loss, codes ``(B,)``).
     """
     pred, codes = model(frames)
-    err = F.mse_loss(pred, frames[:, -pred.shape[1]:], reduction="none").mean(dim=2)
+    err = F.mse_loss(pred, frames[:, -1], reduction="none").mean(dim=1)
     return (err * weights).sum() / weights.sum(), codes
