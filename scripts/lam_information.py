@@ -26,6 +26,7 @@ from envs.games import get_game
 from envs.readout import ball_xy, paddle_y
 from recorders.dataset import EpisodeDataset
 from training.evaluate import score_latent_actions
+from worldmodel.tokenizer import frames_to_tensor
 
 
 def load_lam(source: str):
@@ -79,12 +80,11 @@ def main() -> None:
     lam = load_lam(args.source)
     names, group = get_game("pong").effective_action_groups()
     ds = EpisodeDataset(args.heldout)
-    cols: dict[str, list] = {k: [] for k in ("code", "action", "prev_action", "y", "disp", "prev", "opp", "bx", "by", "vx", "vy")}
+    cols: dict[str, list] = {k: [] for k in ("code", "action", "prev_action", "y", "disp", "prev", "opp",
+                                             "bx", "by", "vx", "vy")}
     for i in range(len(ds)):
         e = ds[i]
-        frames = torch.as_tensor(e.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.no_grad():
-            cols["code"].append(lam.infer(frames).numpy())
+        cols["code"].append(lam.infer(frames_to_tensor(torch.as_tensor(e.frames))).numpy())
         y = paddle_y(e.frames)
         disp = np.diff(y)
         ball = ball_xy(e.frames)
@@ -102,7 +102,8 @@ def main() -> None:
     code, action = c["code"], c["action"]
     print(f"{args.source} on {args.heldout}: {len(code)} transitions, H(code) = "
           f"{mutual_information(code, code):.2f} bits, H(action) = {mutual_information(action, action):.2f} bits")
-    rows = [("action", action), ("previous action", c["prev_action"]), ("green paddle position", bins(c["y"])), ("green paddle displacement", bins(c["disp"])),
+    rows = [("action", action), ("previous action", c["prev_action"]), ("green paddle position", bins(c["y"])),
+            ("green paddle displacement", bins(c["disp"])),
             ("green paddle acceleration", bins(c["disp"] - 0.5 * c["prev"])),
             ("orange paddle displacement", bins(c["opp"])), ("ball x", bins(c["bx"])), ("ball y", bins(c["by"])),
             ("ball vx", bins(c["vx"])), ("ball vy", bins(c["vy"]))]
