@@ -185,13 +185,27 @@ def test_a_bundle_from_before_the_lam_options_loads_its_lam_as_it_was_built(tmp_
     assert worldmodel.infer_latent_actions(loaded, frames).shape == (len(frames) - 1,)
 
 
-def test_latent_dynamics_do_not_start_from_an_actions_bundle(pipeline_run, tmp_path):
-    """Dynamics trained without labels must not inherit weights that learnt from them."""
+def test_latent_dynamics_take_only_the_label_free_parts_of_an_actions_bundle(pipeline_run, tmp_path, capsys):
+    """Dynamics trained without labels must not inherit weights that learnt from them: from an
+    actions bundle a latent run takes the LAM, trains the dynamics from scratch, and has no
+    reward model (that one takes the game's actions)."""
     from training.pipeline import build_config, run
 
     root, _, _ = pipeline_run
-    shutil.copytree(root / "run" / "lam", tmp_path / "latent" / "lam")
-    with pytest.raises(ValueError, match="cannot start from .*conditioning='actions'"):
-        run(build_config(dict(preset="tiny", out=str(tmp_path / "latent"), dataset=str(root / "data"),
-                              heldout=str(root / "heldout"), progress=False, conditioning="latent",
-                              stages=["dynamics"], init_from=str(root / "run" / "bundle"))))
+    warm = worldmodel.load(root / "run" / "bundle")
+    run(build_config(dict(preset="tiny", out=str(tmp_path / "latent"), dataset=str(root / "data"),
+                          heldout=str(root / "heldout"), progress=False, conditioning="latent",
+                          stages=["reward", "dynamics"], init_from=str(root / "run" / "bundle"))))
+    out = capsys.readouterr().out
+    assert "the reward stage is skipped" in out and "[dynamics] trained from scratch" in out
+    model = worldmodel.load(tmp_path / "latent" / "bundle")
+    assert model.conditioning == "latent" and model.reward_model is None
+    for name, value in warm.lam.state_dict().items():
+        torch.testing.assert_close(model.lam.state_dict()[name], value)
+    # A few tiny steps from a warm start would leave the trunk next to the bundle's weights;
+    # a fresh initialisation is as far from them as two random draws.
+    name, theirs = max(((k, v) for k, v in warm.dynamics.state_dict().items() if v.ndim == 2),
+                       key=lambda kv: kv[1].numel())
+    mine = model.dynamics.state_dict()[name]
+    assert mine.shape == theirs.shape
+    assert (mine - theirs).norm() > 0.5 * theirs.norm(), name

@@ -71,7 +71,10 @@ class PipelineConfig:
         conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
             actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
             set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
-            labelled training transitions, so that it is played with the game's keys.
+            labelled training transitions, so that it is played with the game's keys. It has no
+            reward model (that one takes the game's actions), and from an ``init_from`` bundle
+            conditioned on actions it takes only the tokenizer and the LAM: the dynamics train
+            from scratch.
         labelled_steps: labelled transitions the key-to-code map is fitted on (``"latent"``).
         start_windows: real start windows stored in the bundle.
         init_from: warm start: a bundle (shipped name or directory) whose weights initialise
@@ -135,6 +138,10 @@ def build_config(values: dict) -> PipelineConfig:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.conditioning not in ("actions", "latent"):
         raise ValueError(f"conditioning must be 'actions' or 'latent', got {cfg.conditioning!r}")
+    if cfg.conditioning == "latent" and "reward" in cfg.stages:
+        print("conditioning=latent: the reward stage is skipped (the reward model takes the game's actions, which "
+              "a latent bundle does not step with); the bundle has no reward model")
+        cfg.stages = tuple(s for s in cfg.stages if s != "reward")
     if cfg.weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {cfg.weights_dtype!r}")
     if cfg.labelled_steps < 1:
@@ -251,7 +258,10 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         if name in cfg.stages:
-            if (warm is not None and not has_state(out / name)
+            if name in label_trained and not has_state(out / name):
+                print(f"[{name}] trained from scratch: the init_from bundle's {name} model learnt from action "
+                      f"labels (conditioning={warm.conditioning!r})")
+            elif (warm is not None and not has_state(out / name)
                     and not _warm_start(module, module_cfg, warm, name, other_game=other_game)):
                 print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
             sampler = WindowSampler(episodes, window, seed=distributed.seed(seed))  # each rank its own windows
@@ -263,8 +273,9 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             return module
         if has_state(out / name):
             return load_trained(out / name, module).eval()
-        if warm is not None and not other_game:       # not retrained here: the bundle's model as it is,
-            source, source_cfg = _bundle_part(warm, name)   # with its own config (it may predate the preset's)
+        if warm is not None and not other_game and name not in label_trained:
+            # Not retrained here: the bundle's model as it is, with its own config (it may predate the preset's).
+            source, source_cfg = _bundle_part(warm, name)
             if source is not None:
                 setattr(m, name, source_cfg)
                 return source.to(device).eval()
@@ -272,11 +283,10 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
     warm = load(cfg.init_from) if cfg.init_from else None
     other_game = warm is not None and warm.game != cfg.game   # transfer: only the stages run here start from it
-    if (warm is not None and not other_game and "dynamics" in cfg.stages and cfg.conditioning == "latent"
-            and warm.conditioning != "latent"):
-        raise ValueError("conditioning=latent trains the dynamics without action labels: it cannot start from "
-                         f"{cfg.init_from!r}, whose dynamics model learnt from them (conditioning="
-                         f"{warm.conditioning!r}); leave init_from out, or start from a latent bundle")
+    # Dynamics trained without labels inherit nothing that learnt from them: from an actions
+    # bundle, a latent run takes the tokenizer and the LAM only (and it has no reward model).
+    label_trained = (set() if warm is None or cfg.conditioning != "latent" or warm.conditioning == "latent"
+                     else {"dynamics"})
     tokenizer = build_tokenizer(m.tokenizer).to(device)
     if m.tokenizer.kind != "patch":
         tokenizer = stage("tokenizer", tokenizer, m.tokenizer,
@@ -296,11 +306,11 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     if lam is not None:
         metrics["lam_params"] = sum(p.numel() for p in lam.parameters())
 
-    reward_model = stage("reward", RewardEndModel(m.reward).to(device), m.reward,
-                         lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward, 2, cfg.seed + 5,
-                         conv_amp)
-
     latent = cfg.conditioning == "latent"
+    reward_model = None if latent else stage("reward", RewardEndModel(m.reward).to(device), m.reward,
+                                             lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward,
+                                             2, cfg.seed + 5, conv_amp)
+
     if latent:
         if lam is None:
             raise ValueError("conditioning=latent needs a latent-action model: run the lam stage first, or init_from "
