@@ -138,10 +138,6 @@ def build_config(values: dict) -> PipelineConfig:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
     if cfg.conditioning not in ("actions", "latent"):
         raise ValueError(f"conditioning must be 'actions' or 'latent', got {cfg.conditioning!r}")
-    if cfg.conditioning == "latent" and "reward" in cfg.stages:
-        print("conditioning=latent: the reward stage is skipped (the reward model takes the game's actions, which "
-              "a latent bundle does not step with); the bundle has no reward model")
-        cfg.stages = tuple(s for s in cfg.stages if s != "reward")
     if cfg.weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {cfg.weights_dtype!r}")
     if cfg.labelled_steps < 1:
@@ -258,7 +254,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         if name in cfg.stages:
-            if name in label_trained and not has_state(out / name):
+            if name == "dynamics" and fresh_dynamics and not has_state(out / name):
                 print(f"[{name}] trained from scratch: the init_from bundle's {name} model learnt from action "
                       f"labels (conditioning={warm.conditioning!r})")
             elif (warm is not None and not has_state(out / name)
@@ -273,7 +269,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             return module
         if has_state(out / name):
             return load_trained(out / name, module).eval()
-        if warm is not None and not other_game and name not in label_trained:
+        if warm is not None and not other_game and not (name == "dynamics" and fresh_dynamics):
             # Not retrained here: the bundle's model as it is, with its own config (it may predate the preset's).
             source, source_cfg = _bundle_part(warm, name)
             if source is not None:
@@ -283,10 +279,10 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
     warm = load(cfg.init_from) if cfg.init_from else None
     other_game = warm is not None and warm.game != cfg.game   # transfer: only the stages run here start from it
+    latent = cfg.conditioning == "latent"
     # Dynamics trained without labels inherit nothing that learnt from them: from an actions
     # bundle, a latent run takes the tokenizer and the LAM only (and it has no reward model).
-    label_trained = (set() if warm is None or cfg.conditioning != "latent" or warm.conditioning == "latent"
-                     else {"dynamics"})
+    fresh_dynamics = latent and warm is not None and warm.conditioning != "latent"
     tokenizer = build_tokenizer(m.tokenizer).to(device)
     if m.tokenizer.kind != "patch":
         tokenizer = stage("tokenizer", tokenizer, m.tokenizer,
@@ -306,7 +302,9 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     if lam is not None:
         metrics["lam_params"] = sum(p.numel() for p in lam.parameters())
 
-    latent = cfg.conditioning == "latent"
+    if latent and "reward" in cfg.stages:
+        log("conditioning=latent: the reward stage is skipped (the reward model takes the game's actions, which "
+            "a latent bundle does not step with); the bundle has no reward model")
     reward_model = None if latent else stage("reward", RewardEndModel(m.reward).to(device), m.reward,
                                              lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward,
                                              2, cfg.seed + 5, conv_amp)
