@@ -6,7 +6,8 @@ The codes of the held-out transitions against quantities read out of the frames
 the ball's position and velocity. Continuous quantities are cut into 5 quantile bins. Also
 prints how well the read-out alone names the action (a look-up table fitted in-sample: an
 upper bound for any code that sees the same frames; with the previous action too, the bound
-for a code read knowing the previous one).
+for a code read knowing the previous one), and what the code says about the action once the
+previous action is known (a code that names the action relative to the previous one).
 
     python scripts/lam_information.py pong                        # a bundle's LAM
     python scripts/lam_information.py runs/lamx-iid3-pool         # a pipeline run's lam snapshot
@@ -109,6 +110,12 @@ def main() -> None:
             ("ball vx", bins(c["vx"])), ("ball vy", bins(c["vy"]))]
     for name, values in rows:
         print(f"  I(code; {name:27s}) = {mutual_information(code, values):.3f} bits")
+    prev = c["prev_action"]
+    conditional = sum((prev == v).mean() * mutual_information(code[prev == v], action[prev == v]) for v in np.unique(prev))
+    print(f"  I(code; action | previous action) = {conditional:.3f} bits (a code that names the action relative to "
+          f"the previous one carries more here than unconditionally); in-sample look-up of the action from the code "
+          f"{lookup_accuracy(action, code):.1%}, from the code and the previous action "
+          f"{lookup_accuracy(action, code, prev):.1%}, from the previous action alone {lookup_accuracy(action, prev):.1%}")
     moved = np.isfinite(c["disp"])
     print("mean green paddle displacement (px) by (previous action, action): " + ", ".join(
         f"{names[p]}-{names[a]} {np.mean(c['disp'][moved & (c['prev_action'] == p) & (action == a)]):+.1f}"
