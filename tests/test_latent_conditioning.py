@@ -209,37 +209,3 @@ def test_latent_dynamics_take_only_the_label_free_parts_of_an_actions_bundle(pip
     mine = model.dynamics.state_dict()[name]
     assert mine.shape == theirs.shape
     assert (mine - theirs).norm() > 0.5 * theirs.norm(), name
-
-
-def test_history_covariance_is_the_variance_of_a_predictable_code_and_zero_for_an_unpredictable_one():
-    """The LAM's independence penalty: the covariance of the code with the adversary's
-    prediction from the history is Var(P(code | history)), about 0 for a code the history
-    does not tell."""
-    from worldmodel.lam import history_covariance
-
-    g = torch.Generator().manual_seed(0)
-    n = 20_000
-    code = torch.randint(0, 3, (n,), generator=g)
-    one_hot = torch.nn.functional.one_hot(code, 3).float()
-    known = history_covariance([one_hot], [one_hot])              # the history tells the code exactly
-    unrelated = torch.nn.functional.one_hot(torch.randint(0, 3, (n,), generator=g), 3).float()
-    independent = history_covariance([one_hot], [unrelated])
-    assert known == pytest.approx(3 * (1 / 3) * (2 / 3), abs=0.02)  # sum of the indicators' variances
-    assert abs(float(independent)) < 0.01
-
-
-def test_lam_independence_penalty_trains_an_adversary_on_the_past_frames():
-    from worldmodel.config import LAMConfig
-    from worldmodel.lam import LatentActionModel, lam_loss
-
-    with pytest.raises(ValueError, match="independence must be >= 0, got -1"):
-        LAMConfig(independence=-1.0)
-    assert not hasattr(LatentActionModel(LAMConfig(channels=(8, 8, 8, 8))), "adversary")   # off: the old model
-    torch.manual_seed(0)
-    lam = LatentActionModel(LAMConfig(history=1, fsq_levels=(3,), channels=(8, 8, 8, 8), independence=1.0))
-    clips = torch.rand(8, 3, 3, 64, 64) * 2 - 1
-    loss, codes, logs = lam_loss(lam, clips, torch.ones(8, 64, 64))
-    loss.backward()
-    assert set(logs) == {"reconstruction", "independence", "adversary"} and codes.shape == (8,)
-    assert logs["adversary"] == pytest.approx(float(torch.log(torch.tensor(3.0))), abs=0.3)   # untrained: near chance
-    assert lam.adversary[-1].weight.grad.abs().sum() > 0 and lam.to_latent.weight.grad.abs().sum() > 0

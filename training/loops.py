@@ -341,11 +341,11 @@ def lam_loss_fn(sampler: WindowSampler, batch_size: int, device, moving_weight: 
         batch = _batch_to(sampler.sample(batch_size), device)
         x = frames_to_tensor(batch["frames"])                                   # (B, h+2, 3, H, W)
         w = 1.0 + moving_weight * moving_mask(x)[:, -1]
-        loss, codes, logs = lam_loss(lam, x, w)
+        loss, codes = lam_loss(lam, x, w)
         usage = torch.bincount(codes, minlength=lam.fsq.num_codes).float()
         p = usage / usage.sum()
         perplexity = torch.exp(-(p * torch.log(p + 1e-9)).sum())
-        return loss, {"perplexity": perplexity, **logs}
+        return loss, {"perplexity": perplexity}
     return loss_fn
 
 

@@ -87,13 +87,6 @@ class LAMConfig:
         decoder_differences: the decoder also sees the differences of consecutive past frames
             (the objects' velocities), so that motion the history already implies need not
             be carried by the code.
-        independence: weight of the history-independence penalty (0: off). An adversary
-            learns to predict the code from the past frames alone, and the encoder is
-            penalised by the covariance of its (soft) code with that prediction, which is zero
-            only when the code does not depend on the history. On play whose actions are drawn
-            independently of the past (``policy=random max_repeat=1``) the action is such a
-            code, and a code that names the frame's change mixed with the history's (the
-            paddle's momentum) is not.
     """
 
     history: int = 2
@@ -105,15 +98,12 @@ class LAMConfig:
     spatial_readout: bool = True
     normalize_latent: bool = True
     decoder_differences: bool = False
-    independence: float = 0.0
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
         self.channels = tuple(self.channels)
         self.decoder_channels = tuple(self.decoder_channels) if self.decoder_channels else None
         check_positive(self, "history", "frame_size")
-        if self.independence < 0:
-            raise ValueError(f"LAMConfig.independence must be >= 0, got {self.independence}")
         if not self.fsq_levels or min(self.fsq_levels) < 2:
             raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
         if self.spatial_readout and self.frame_size % 2 ** len(self.channels):

@@ -53,21 +53,6 @@ class FSQ(nn.Module):
         idx = (torch.round(bounded) + half_width).long()
         return q / half_width, (idx * self.basis).sum(dim=-1)
 
-    def level_indices(self, z: torch.Tensor) -> torch.Tensor:
-        """``z (..., d)`` -> each dimension's level index ``(..., d)`` int64, ``0 .. levels[i] - 1``."""
-        return (torch.round(self._bound(z)) + torch.div(self.levels, 2, rounding_mode="floor")).long()
-
-    def soft_levels(self, z: torch.Tensor, temperature: float = 0.1) -> list[torch.Tensor]:
-        """A differentiable stand-in for :meth:`level_indices`: per dimension ``i``, the
-        probabilities ``(..., levels[i])`` of its levels, a softmax of minus the squared
-        distance of the bounded value to each level over ``temperature``."""
-        bounded = self._bound(z)
-        out = []
-        for i, n in enumerate(self.levels.long().tolist()):
-            at = torch.arange(n, device=z.device, dtype=bounded.dtype) - n // 2
-            out.append(torch.softmax(-(bounded[..., i, None] - at).pow(2) / temperature, dim=-1))
-        return out
-
     def codes_to_values(self, codes: torch.Tensor) -> torch.Tensor:
         """Inverse of the code numbering: ``(...)`` int64 -> ``(..., len(levels))`` in [-1, 1]."""
         half_width = torch.div(self.levels, 2, rounding_mode="floor")
@@ -79,13 +64,6 @@ def _differences(frames: torch.Tensor) -> torch.Tensor:
     """``(B, K, 3, H, W)`` -> consecutive differences stacked on channels ``(B, 3 (K-1), H, W)``,
     scaled up: a moving object's change is a few pixels of the frame."""
     return 4 * rearrange(frames[:, 1:] - frames[:, :-1], "b k c h w -> b (k c) h w")
-
-
-def _stack(frames: torch.Tensor, differences: bool) -> torch.Tensor:
-    """``(B, K, 3, H, W)`` -> the frames stacked on channels ``(B, 3K, H, W)``, followed by
-    their consecutive differences ``(B, 3 (K-1), H, W)`` with ``differences``."""
-    x = rearrange(frames, "b k c h w -> b (k c) h w")
-    return torch.cat([x, _differences(frames)], dim=1) if differences else x
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
@@ -132,25 +110,21 @@ class LatentActionModel(nn.Module):
             c_out = ups[i + 1] if i + 1 < len(ups) else 32
             self.dec_up.append(_up(c if i == 0 else 2 * c, c_out))
         self.out = nn.Conv2d(32, 3, 3, padding=1)
-        if cfg.independence:
-            # Predicts each FSQ dimension's level from the past frames alone (see lam_loss).
-            # Read out whole (not pooled), so that it sees where things are, as the code may.
-            self.adversary = nn.Sequential(_down(3 * k + 3 * (k - 1), 16), _down(16, 32), _down(32, 64), nn.Flatten(),
-                                           nn.Linear(64 * (cfg.frame_size // 8) ** 2, sum(cfg.fsq_levels)))
-
-    def latent(self, frames: torch.Tensor) -> torch.Tensor:
-        """``frames (B, history+2, 3, H, W)`` -> the quantizer's input ``(B, d)``."""
-        h = self.encoder(_stack(frames, self.cfg.frame_differences))
-        h = h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1))
-        return self.latent_norm(self.to_latent(h))
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``frames (B, history+2, 3, H, W)`` -> (FSQ values ``(B, d)``, codes ``(B,)`` int64)."""
-        return self.fsq(self.latent(frames))
+        x = rearrange(frames, "b k c h w -> b (k c) h w")
+        if self.cfg.frame_differences:
+            x = torch.cat([x, _differences(frames)], dim=1)
+        h = self.encoder(x)
+        h = h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1))
+        return self.fsq(self.latent_norm(self.to_latent(h)))
 
     def decode(self, past: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``past (B, history+1, 3, H, W)`` and FSQ ``values (B, d)`` -> predicted ``x_{t+1} (B, 3, H, W)``."""
-        h = _stack(past, self.cfg.decoder_differences)
+        h = rearrange(past, "b k c h w -> b (k c) h w")
+        if self.cfg.decoder_differences:
+            h = torch.cat([h, _differences(past)], dim=1)
         skips = []
         for down, proj in zip(self.dec_down, self.code_proj):
             h = down(h)
@@ -187,61 +161,16 @@ class LatentActionModel(nn.Module):
         return codes.view(b, -1)
 
 
-ADVERSARY_SCALE = 0.01
-"""The adversary's cross-entropy enters the summed loss at this scale. It trains the adversary
-alone, whose Adam updates do not depend on the scale, and keeps its gradient from dominating
-the norm that training clips."""
-
-
-def history_covariance(codes: list[torch.Tensor], predicted: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_l Cov(codes_l, predicted_l)`` over the batch, summed over the FSQ dimensions.
-
-    Args:
-        codes: per dimension, ``(B, levels)`` (soft) one-hot assignments of the codes.
-        predicted: per dimension, ``(B, levels)`` probabilities of the levels predicted from
-            the history.
-
-    Returns:
-        A scalar: ``sum_l Var(P(level l | history))`` when ``predicted`` is that conditional
-        probability, about zero when the codes do not depend on what ``predicted`` sees.
-    """
-    return sum(((p - p.mean(0)) * (q - q.mean(0))).sum(-1).mean() for p, q in zip(codes, predicted))
-
-
-def lam_loss(model: LatentActionModel, frames: torch.Tensor,
-             weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted reconstruction loss of ``x_{t+1}``, plus the history-independence penalty when
-    ``model.cfg.independence`` is set.
-
-    The penalty (see :class:`~worldmodel.config.LAMConfig`): an adversary predicts each FSQ
-    dimension's level from the past frames ``x_{t-h..t}`` (cross-entropy; its gradient reaches
-    the adversary only), and the encoder pays ``independence * sum_l Cov(p_l, q_l)`` over the
-    batch, where ``p_l`` is its soft assignment to level ``l`` (:meth:`FSQ.soft_levels`) and
-    ``q_l`` the adversary's probability of that level (no gradient). With ``q`` the best
-    prediction of the code from the history, the covariance is the variance of
-    ``P(code | history)``, zero exactly when the code does not depend on the history. (Ganin
-    et al. 2016, "Domain-Adversarial Training of Neural Networks", train against such an
-    adversary by reversing its gradient; here the encoder lowers the covariance instead.)
+def lam_loss(model: LatentActionModel, frames: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted reconstruction loss of ``x_{t+1}``.
 
     Args:
         frames: ``(B, history+2, 3, H, W)`` in [-1, 1].
         weights: ``(B, H, W)`` per-pixel weights (moving pixels weigh more).
 
     Returns:
-        (scalar loss, codes ``(B,)`` int64, logs: ``reconstruction``, and with the penalty
-        ``independence`` (the covariance) and ``adversary`` (its cross-entropy)).
+        (scalar loss, codes ``(B,)``).
     """
-    z = model.latent(frames)
-    values, codes = model.fsq(z)
-    pred = model.decode(frames[:, :-1], values)
+    pred, codes = model(frames)
     err = F.mse_loss(pred, frames[:, -1], reduction="none").mean(dim=1)
-    loss = (err * weights).sum() / weights.sum()
-    logs = {"reconstruction": loss.detach()}
-    if model.cfg.independence:
-        logits = model.adversary(_stack(frames[:, :-1], True)).split(list(model.cfg.fsq_levels), dim=-1)
-        levels = model.fsq.level_indices(z.detach())
-        adversary = sum(F.cross_entropy(lg, levels[:, i]) for i, lg in enumerate(logits))
-        covariance = history_covariance(model.fsq.soft_levels(z), [lg.detach().softmax(-1) for lg in logits])
-        loss = loss + ADVERSARY_SCALE * adversary + model.cfg.independence * covariance
-        logs.update(independence=covariance.detach(), adversary=adversary.detach())
-    return loss, codes, logs
+    return (err * weights).sum() / weights.sum(), codes
