@@ -100,17 +100,16 @@ def main() -> None:
         cols["vx"].append(np.diff(ball[:, 0]))
         cols["vy"].append(np.diff(ball[:, 1]))
     c = {k: np.concatenate(v) for k, v in cols.items()}
-    code, action = c["code"], c["action"]
+    code, action, prev = c["code"], c["action"], c["prev_action"]
     print(f"{args.source} on {args.heldout}: {len(code)} transitions, H(code) = "
           f"{mutual_information(code, code):.2f} bits, H(action) = {mutual_information(action, action):.2f} bits")
-    rows = [("action", action), ("previous action", c["prev_action"]), ("green paddle position", bins(c["y"])),
+    rows = [("action", action), ("previous action", prev), ("green paddle position", bins(c["y"])),
             ("green paddle displacement", bins(c["disp"])),
             ("green paddle acceleration", bins(c["disp"] - 0.5 * c["prev"])),
             ("orange paddle displacement", bins(c["opp"])), ("ball x", bins(c["bx"])), ("ball y", bins(c["by"])),
             ("ball vx", bins(c["vx"])), ("ball vy", bins(c["vy"]))]
     for name, values in rows:
         print(f"  I(code; {name:27s}) = {mutual_information(code, values):.3f} bits")
-    prev = c["prev_action"]
     conditional = sum((prev == v).mean() * mutual_information(code[prev == v], action[prev == v]) for v in np.unique(prev))
     print(f"  I(code; action | previous action) = {conditional:.3f} bits (a code that names the action relative to "
           f"the previous one carries more here than unconditionally); in-sample look-up of the action from the code "
@@ -118,7 +117,7 @@ def main() -> None:
           f"{lookup_accuracy(action, code, prev):.1%}, from the previous action alone {lookup_accuracy(action, prev):.1%}")
     moved = np.isfinite(c["disp"])
     print("mean green paddle displacement (px) by (previous action, action): " + ", ".join(
-        f"{names[p]}-{names[a]} {np.mean(c['disp'][moved & (c['prev_action'] == p) & (action == a)]):+.1f}"
+        f"{names[p]}-{names[a]} {np.mean(c['disp'][moved & (prev == p) & (action == a)]):+.1f}"
         for p in range(len(names)) for a in range(len(names))))
     genie = score_latent_actions(code, action, names, num_codes=lam.fsq.num_codes)
     print(f"code -> action dictionary fitted on {genie['labelled_steps']} labelled steps (Genie's recipe, as "
@@ -128,7 +127,7 @@ def main() -> None:
           f"{lookup_accuracy(action, c['disp']):.1%}, with the previous displacement "
           f"{lookup_accuracy(action, c['disp'], c['prev']):.1%}, and the position "
           f"{lookup_accuracy(action, c['disp'], c['prev'], c['y']):.1%}; displacement, previous displacement and "
-          f"previous action {lookup_accuracy(action, c['disp'], c['prev'], c['prev_action']):.1%} (what a code can name "
+          f"previous action {lookup_accuracy(action, c['disp'], c['prev'], prev):.1%} (what a code can name "
           "when the previous action is known)")
 
 

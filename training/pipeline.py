@@ -253,8 +253,9 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         """Train ``module`` if the stage is selected (resuming), else load its last snapshot if any.
 
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
+        from_scratch = name == "dynamics" and fresh_dynamics     # a latent run's dynamics inherit no labels
         if name in cfg.stages:
-            if name == "dynamics" and fresh_dynamics and not has_state(out / name):
+            if from_scratch and not has_state(out / name):
                 print(f"[{name}] trained from scratch: the init_from bundle's {name} model learnt from action "
                       f"labels (conditioning={warm.conditioning!r})")
             elif (warm is not None and not has_state(out / name)
@@ -269,7 +270,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             return module
         if has_state(out / name):
             return load_trained(out / name, module).eval()
-        if warm is not None and not other_game and not (name == "dynamics" and fresh_dynamics):
+        if warm is not None and not other_game and not from_scratch:
             # Not retrained here: the bundle's model as it is, with its own config (it may predate the preset's).
             source, source_cfg = _bundle_part(warm, name)
             if source is not None:
