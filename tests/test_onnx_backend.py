@@ -40,6 +40,9 @@ def test_onnx_frames_match_torch(tiny_bundle, onnx_cache):
     onnx = Simulator(bundle, batch_size=3, backend="onnx", seed=7)
     ref = Simulator(bundle, batch_size=3, backend="torch", seed=7, precision="float32")
     assert onnx.backend == "onnx" and ref.backend == "torch"
+    # The pool's threads must not spin between runs (they took the cores from torch's work).
+    opts = onnx._onnx.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     for sim in (onnx, ref):
         sim.reset(*_start(tiny_bundle, 3))
     rng = np.random.default_rng(0)
