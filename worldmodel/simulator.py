@@ -35,7 +35,8 @@ class Simulator:
             CPU or CUDA execution provider by the model's device, exporting the graph on first
             use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx for a model on a GPU
             whose graph is already exported (``python -m worldmodel.export``), else torch (on
-            the CPU torch measured faster at small batches). The chosen one is in :attr:`backend`.
+            a CPU with bfloat16 torch is faster at every batch size; without it onnx was faster
+            at batch 1 and torch at batch 64). The chosen one is in :attr:`backend`.
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
