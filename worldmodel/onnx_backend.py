@@ -237,8 +237,7 @@ class OnnxStepper:
         opts.inter_op_num_threads = 1
         # The pool's threads sleep when a run ends instead of spinning: the Simulator's torch
         # work between runs (noising, decoding) has its own threads, and spinning ones took the
-        # cores from it. Measured at batch 1 on 2 CPU cores: median step 21.8-29.1 ms instead of
-        # 27.1-43.1, p99 27.5-35.9 ms instead of 66-90.
+        # cores from it (the README's Speed section has the measurement).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options = [{"device_id": self.device.index or 0}] if provider == "CUDAExecutionProvider" else [{}]
