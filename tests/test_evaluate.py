@@ -7,8 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from training.evaluate import (MISSING_PX, EvalConfig, broken_frames, colour_histogram, evaluate, reward_model_quality,
-                               position_error, rollout_curves)
+from training.evaluate import (
+    MISSING_PX,
+    EvalConfig,
+    broken_frames,
+    colour_histogram,
+    evaluate,
+    position_error,
+    reward_model_quality,
+    rollout_curves,
+    saturated_limit_of,
+)
 
 
 def test_position_error_charges_a_missing_object():
@@ -153,16 +162,32 @@ def test_latent_action_quality_scores_codes_against_effective_actions(pong_datas
 
 
 def test_a_black_background_game_is_not_broken_for_being_black():
-    """Breakout's real frames are mostly black: the saturation limit comes from them."""
-    from training.evaluate import saturated_limit_of
-
+    """Breakout's real frames are mostly black: the saturation limit comes from them. (Bricks
+    alone, no walls or paddle: the game is named "other" so that only the colour checks apply.)"""
     rng = np.random.default_rng(0)
     real = np.zeros((4, 64, 64, 3), np.uint8)
     real[:, 10:20] = rng.integers(60, 200, size=(4, 10, 64, 3))        # bricks on 84% black
     limit = saturated_limit_of(real)
     assert 0.89 < limit < 0.9
-    assert broken_frames(real, "breakout").all()                       # the default limit: all "saturated"
-    assert not broken_frames(real, "breakout", saturated_limit=limit).any()
+    assert broken_frames(real, "other").all()                       # the default limit: all "saturated"
+    assert not broken_frames(real, "other", saturated_limit=limit).any()
     black = np.zeros((1, 64, 64, 3), np.uint8)
     black[0, 0, 0] = 200                                                # not blank, but 99.98% black
-    assert broken_frames(black, "breakout", saturated_limit=limit).all()
+    assert broken_frames(black, "other", saturated_limit=limit).all()
+
+
+def test_breakout_frames_missing_a_part_are_broken():
+    from envs.readout import BREAKOUT_GREY, BREAKOUT_RED
+    from envs.wrappers import area_resize
+
+    f = np.zeros((210, 160, 3), np.uint8)
+    f[17:32] = f[32:189, :8] = f[32:189, 152:] = BREAKOUT_GREY.astype(np.uint8)
+    f[189:193, 70:86] = BREAKOUT_RED.astype(np.uint8)
+    real = area_resize(f, 64, 64)[None]
+    limit = saturated_limit_of(real)
+    assert not broken_frames(real, "breakout", saturated_limit=limit).any()
+    no_paddle, two_paddles = real.copy(), real.copy()
+    no_paddle[0, 56:60, 4:60] = 0
+    two_paddles[0, 57:59, 10:16] = BREAKOUT_RED.astype(np.uint8)
+    assert broken_frames(np.concatenate([no_paddle, two_paddles]), "breakout", saturated_limit=limit).all()
+    assert not broken_frames(no_paddle, "other", saturated_limit=limit).any()

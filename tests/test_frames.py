@@ -159,3 +159,82 @@ def test_readout_positions_on_synthetic_frames():
     empty = np.empty((OUT, OUT, 3), np.uint8)
     empty[:] = bg
     assert np.isnan(paddle_y(empty)) and np.isnan(ball_xy(empty)).all()
+
+
+# -- Breakout ---------------------------------------------------------------------------------
+def _breakout_screen(paddle_left: int | None, ball: tuple[int, int] | None, *, paddle_width: int = 16) -> np.ndarray:
+    """A 210x160 Breakout screen: black field, grey walls, bricks, the paddle and the ball."""
+    from envs.readout import BREAKOUT_GREY, BREAKOUT_RED
+
+    f = np.zeros((H_IN, W_IN, 3), np.uint8)
+    f[17:32] = BREAKOUT_GREY.astype(np.uint8)
+    f[32:189, :8] = f[32:189, 152:] = BREAKOUT_GREY.astype(np.uint8)
+    f[189:195, 152:] = BREAKOUT_RED.astype(np.uint8)          # the right wall's foot is red, as in ALE
+    for i, colour in enumerate([(200, 72, 72), (198, 108, 58), (180, 122, 48), (162, 162, 42), (72, 160, 72),
+                                (66, 72, 200)]):
+        f[57 + 6 * i:63 + 6 * i, 8:152] = colour
+    if paddle_left is not None:
+        f[189:193, paddle_left:paddle_left + paddle_width] = BREAKOUT_RED.astype(np.uint8)
+    if ball is not None:
+        f[ball[0]:ball[0] + 4, ball[1]:ball[1] + 2] = BREAKOUT_RED.astype(np.uint8)
+    return area_resize(f, OUT, OUT)
+
+
+def test_breakout_readout_positions_on_synthetic_frames():
+    from envs.readout import breakout_ball_xy, breakout_paddle_is_bar, breakout_paddle_x, breakout_screen_parts
+
+    for left, (by, bx) in [(8, (100, 20)), (70, (150, 80)), (136, (180, 140))]:
+        o = _breakout_screen(left, (by, bx))
+        assert abs(breakout_paddle_x(o) - ((left + 8) * OUT / W_IN - 0.5)) < 0.5
+        x, y = breakout_ball_xy(o)
+        assert abs(x - ((bx + 1) * OUT / W_IN - 0.5)) < 0.5 and abs(y - ((by + 2) * OUT / H_IN - 0.5)) < 0.5
+        assert breakout_paddle_is_bar(o)
+        assert all(v for v in breakout_screen_parts(o).values())
+    # The narrow paddle (after the ball reaches the top wall) is a paddle too.
+    assert breakout_paddle_is_bar(_breakout_screen(60, None, paddle_width=8))
+    # A ball passing the paddle's rows moves neither the paddle's read-out nor breaks it.
+    alone, passing = _breakout_screen(70, None), _breakout_screen(70, (189, 20))
+    assert breakout_paddle_x(passing) == pytest.approx(breakout_paddle_x(alone), abs=1e-4)
+    assert breakout_paddle_is_bar(passing) and np.isnan(breakout_ball_xy(passing)).all()
+    # No paddle: not visible; a red streak across the paddle's rows: visible but no paddle.
+    none = _breakout_screen(None, None)
+    assert np.isnan(breakout_paddle_x(none)) and not breakout_paddle_is_bar(none)
+    assert not breakout_screen_parts(none)["player_paddle"]
+    streak = _breakout_screen(8, None, paddle_width=144)
+    assert np.isfinite(breakout_paddle_x(streak)) and not breakout_paddle_is_bar(streak)
+    twice = np.maximum(_breakout_screen(10, None), _breakout_screen(120, None))
+    assert not breakout_paddle_is_bar(twice)
+    # A field painted over, and walls gone, are missing screen parts.
+    painted = _breakout_screen(70, None)
+    painted[30:56, 4:60] = (90, 90, 90)
+    no_walls = _breakout_screen(70, None)
+    no_walls[:, :3] = 0
+    assert not breakout_screen_parts(painted)["background"] and not breakout_screen_parts(no_walls)["walls"]
+
+
+def test_breakout_readout_on_real_frames():
+    from envs.readout import breakout_ball_xy, breakout_paddle_x, readout_for
+
+    env = envs.make("breakout")
+    try:
+        obs, _ = env.reset(seed=3)
+        rng = np.random.default_rng(3)
+        frames = [obs]
+        for _ in range(120):
+            obs, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+            frames.append(obs)
+            if term or trunc:
+                break
+    finally:
+        env.close()
+    frames = np.stack(frames)
+    readout = readout_for("breakout")
+    px = breakout_paddle_x(frames)
+    assert np.isfinite(px).all() and ((px > 3) & (px < 60)).all() and np.ptp(px) > 2.0, "the paddle is seen moving"
+    assert readout.paddle_is_bar(frames).all()
+    for part, ok in readout.screen_parts(frames).items():
+        assert ok.all(), part
+    ball = breakout_ball_xy(frames)
+    seen = np.isfinite(ball[:, 0])
+    assert seen.any() and ((ball[seen] >= 0) & (ball[seen] < 64)).all()
+    assert readout_for("cartpole") is None

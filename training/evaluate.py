@@ -11,22 +11,22 @@ It writes ``report.json``, ``drift.png``, ``long_run.png`` and ``real_vs_dream.g
 - **Teacher-forced rollouts**: prime with real frames, generate with the real recorded
   actions, compare with the real frames at horizons 1, 4, 16, 64: PSNR and SSIM on whole
   frames, PSNR on moving pixels (pixels where the real frame differs from the previous real
-  frame), and for Pong the error of the ball's and the player paddle's positions read out by
-  colour (:mod:`envs.readout`). A copy-the-last-real-frame baseline beside each.
+  frame), and for Pong and Breakout the error of the ball's and the player paddle's positions
+  read out by colour (:mod:`envs.readout`). A copy-the-last-real-frame baseline beside each.
 - **Controllability**: Genie's ΔPSNR (Bruce et al. 2024, "Genie: Generative Interactive
   Environments", section 3.1): PSNR of the dream with the real actions minus PSNR of the
   dream with uniformly random actions, same windows and noise seed, at t = 1 and t = 4.
-- **Paddle control** (Pong): from the same start, hold Up or Down for 8 steps; the paddle
-  must end clearly higher after Up.
-- **Tokenizer**: reconstruction PSNR (whole, moving pixels) and, for Pong, the ball read
-  out of reconstructions.
+- **Paddle control** (Pong, Breakout): from the same start, hold Up or Down (Left or Right)
+  for 8 steps; the paddle must end clearly higher (further left) after Up (Left).
+- **Tokenizer**: reconstruction PSNR (whole, moving pixels) and, for games with a read-out,
+  the ball read out of reconstructions.
 - **Latent actions** (bundles with a LAM): codebook usage, code x action confusion, and the
   accuracy of a code -> action dictionary fitted on 200 labelled steps (Genie's recipe).
 - **Reward and end model** on real transitions: precision and recall of non-zero rewards
   (sign included) and of terminations.
 - **Long run**: free play with random held actions; per frame, the total-variation distance
   of its colour histogram to the held-out frames' mean histogram, the share of broken
-  frames (blank, saturated, or for Pong a part of the screen missing) and of frames with a
+  frames (blank, saturated, or for Pong and Breakout a part of the screen missing) and of frames with a
   ball, each beside the same figure on real held-out frames.
 """
 
@@ -106,8 +106,9 @@ def saturated_share(frames: np.ndarray) -> np.ndarray:
 
 def broken_frames(frames: np.ndarray, game: str, *, saturated_limit: float = 0.5) -> np.ndarray:
     """``(..., H, W, 3)`` uint8 -> ``(...)`` bool: blank (colour range under 16 levels),
-    saturated (more than ``saturated_limit`` of the pixels near black or white), or for Pong
-    a screen part missing (:func:`envs.readout.pong_screen_parts`).
+    saturated (more than ``saturated_limit`` of the pixels near black or white), or for a
+    game with a read-out (Pong, Breakout) a screen part missing (its ``screen_parts``,
+    :mod:`envs.readout`).
 
     Args:
         saturated_limit: the share of near-black or near-white pixels a frame may have; a game
@@ -117,10 +118,9 @@ def broken_frames(frames: np.ndarray, game: str, *, saturated_limit: float = 0.5
     f = frames.astype(np.int16)
     blank = (f.max(axis=(-3, -2)) - f.min(axis=(-3, -2))).max(-1) < 16
     broken = blank | (saturated_share(frames) > saturated_limit)
-    if game == "pong":
-        from envs.readout import pong_screen_parts
-
-        for ok in pong_screen_parts(frames).values():
+    readout = _readout(game)
+    if readout is not None:
+        for ok in readout.screen_parts(frames).values():
             broken |= ~ok
     return broken
 
@@ -131,11 +131,23 @@ def saturated_limit_of(real: np.ndarray) -> float:
     return max(0.5, float(saturated_share(real).max()) + 0.05)
 
 
-def ball_visible(frames: np.ndarray) -> np.ndarray:
-    """Pong: ``(..., H, W, 3)`` -> ``(...)`` bool, a ball is read out of the frame."""
-    from envs.readout import ball_xy
+def _readout(game: str):
+    """The game's :class:`envs.readout.GameReadout`, or None."""
+    from envs.readout import readout_for
 
-    return ~np.isnan(ball_xy(frames)[..., 0])
+    return readout_for(game)
+
+
+def ball_visible(frames: np.ndarray, game: str) -> np.ndarray:
+    """``(..., H, W, 3)`` -> ``(...)`` bool, a ball is read out of the frame (a game with a read-out).
+
+    Raises:
+        ValueError: ``game`` has no read-out.
+    """
+    readout = _readout(game)
+    if readout is None:
+        raise ValueError(f"there is no ball read-out for {game!r}")
+    return ~np.isnan(readout.ball_xy(frames)[..., 0])
 
 
 # -- windows and rollouts ---------------------------------------------------------------------
@@ -218,12 +230,13 @@ def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_s
 
     Returns:
         ``{name: (horizon,) float array}``: ``psnr``, ``psnr_moving``, ``ssim`` and their
-        ``copy_last_`` baselines; for Pong also ``ball_error_px`` and ``paddle_error_px``
-        (medians over windows, :func:`position_error`) and ``ball_visible_dream`` /
-        ``ball_visible_real`` (shares of windows).
+        ``copy_last_`` baselines; for a game with a read-out (Pong, Breakout) also
+        ``ball_error_px`` and ``paddle_error_px`` (medians over windows, :func:`position_error`)
+        and ``ball_visible_dream`` / ``ball_visible_real`` (shares of windows).
     """
     horizon = dream.shape[1]
     copy = real_all[:, 0]
+    readout = _readout(game)
     out: dict[str, list[float]] = {}
 
     def add(name, value):
@@ -238,14 +251,12 @@ def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_s
                 add(tag + "psnr_moving", np.nanmean([psnr(r, f, m) for r, f, m in zip(real, pred, mask)]))
             if with_ssim:
                 add(tag + "ssim", np.mean([ssim(r, f) for r, f in zip(real, pred)]))
-        if game == "pong":
-            from envs.readout import ball_xy, paddle_y
-
+        if readout is not None:
             with np.errstate(all="ignore"):
-                add("ball_error_px", np.nanmedian(position_error(ball_xy(real), ball_xy(fake))))
-                add("paddle_error_px", np.nanmedian(position_error(paddle_y(real), paddle_y(fake))))
-            add("ball_visible_real", ball_visible(real).mean())
-            add("ball_visible_dream", ball_visible(fake).mean())
+                add("ball_error_px", np.nanmedian(position_error(readout.ball_xy(real), readout.ball_xy(fake))))
+                add("paddle_error_px", np.nanmedian(position_error(readout.paddle(real), readout.paddle(fake))))
+            add("ball_visible_real", ball_visible(real, game).mean())
+            add("ball_visible_dream", ball_visible(fake, game).mean())
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -302,36 +313,43 @@ def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1,
 
 
 def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed: int = 0, margin: float = 2.0,
-                   up: int = 2, down: int = 3, sim_options: dict | None = None) -> dict:
-    """Pong: does holding Up leave the green paddle higher than holding Down?
+                   sim_options: dict | None = None) -> dict:
+    """Does holding the key that moves the paddle towards lower positions (Pong: Up, to a
+    smaller row; Breakout: Left, to a smaller column) leave it lower than holding the other?
 
     For each start window of the bundle (cycled up to ``starts``), two dreams with the same
-    noise seed hold ``up`` or ``down`` for ``hold`` steps. A start passes when the paddle's
-    row after Up is at least ``margin`` pixels above (smaller than) its row after Down and
-    the paddle is still drawn as a paddle in both (:func:`envs.readout.paddle_is_bar`): a
-    paddle smeared along its column also has a row, but it is no longer under control.
+    noise seed hold one action or the other (:class:`envs.readout.GameReadout`'s
+    ``towards_lower`` and ``towards_higher``) for ``hold`` steps. A start passes when the
+    paddle's position after the first is at least ``margin`` pixels below its position after
+    the second and the paddle is still drawn as a paddle in both (the read-out's
+    ``paddle_is_bar``): a paddle smeared along its track also has a position, but it is no
+    longer under control.
 
     Returns:
-        ``{"pass_rate": share of starts that pass, "moved_rate": share whose row gap alone
+        ``{"pass_rate": share of starts that pass, "moved_rate": share whose gap alone
         passes, "intact_rate": share where the paddle is a paddle after both holds,
-        "mean_gap_px": mean (down - up) row gap, "starts": n}``; starts where the paddle is not
-        visible count as failures.
-    """
-    from envs.readout import paddle_is_bar, paddle_y
+        "mean_gap_px": mean (higher - lower) position gap, "starts": n}``; starts where the
+        paddle is not visible count as failures.
 
+    Raises:
+        ValueError: the bundle's game has no read-out (:func:`envs.readout.readout_for`).
+    """
+    readout = _readout(model.game)
+    if readout is None:
+        raise ValueError(f"paddle control needs a paddle read-out; there is none for {model.game!r}")
     k = len(model.start_frames)
     idx = np.arange(starts) % k
     frames = model.start_frames.numpy()[idx]
     actions = model.start_actions.numpy()[idx]
-    rows, intact = {}, np.ones(starts, bool)
-    for name, action in (("up", up), ("down", down)):
+    where, intact = {}, np.ones(starts, bool)
+    for name, action in (("lower", readout.towards_lower), ("higher", readout.towards_higher)):
         sim = Simulator(model, batch_size=starts, seed=seed, **(sim_options or {}))
         sim.reset(frames, actions)
         for _ in range(hold):
             last, _, _ = sim.step(model.to_conditioning(np.full(starts, action)))
-        rows[name] = paddle_y(last)
-        intact &= paddle_is_bar(last)
-    gap = rows["down"] - rows["up"]
+        where[name] = readout.paddle(last)
+        intact &= readout.paddle_is_bar(last)
+    gap = where["higher"] - where["lower"]
     moved = np.nan_to_num(gap, nan=-np.inf) >= margin
     with np.errstate(all="ignore"):
         mean_gap = float(np.nanmean(gap))
@@ -364,13 +382,12 @@ def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int 
         out = {"psnr": float(np.mean([psnr(r, f) for r, f in zip(real, rec)])),
                "psnr_moving": float(np.nanmean([psnr(r, f, m) for r, f, m in zip(real, rec, mask)])),
                "frames": len(real)}
-    if game == "pong":
-        from envs.readout import ball_xy
-
-        err = position_error(ball_xy(real), ball_xy(rec))
-        seen = ball_visible(real)
+    readout = _readout(game)
+    if readout is not None:
+        err = position_error(readout.ball_xy(real), readout.ball_xy(rec))
+        seen = ball_visible(real, game)
         out["ball_error_px"] = _finite(np.nanmedian(err)) if (~np.isnan(err)).any() else None
-        out["ball_recall"] = _finite((ball_visible(rec) & seen).sum() / max(seen.sum(), 1))
+        out["ball_recall"] = _finite((ball_visible(rec, game) & seen).sum() / max(seen.sum(), 1))
     return out
 
 
@@ -487,8 +504,8 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     def measures(frames):
         d = 0.5 * np.abs(colour_histogram(frames) - ref).sum(-1)
         m = {"hist_distance": d, "broken": broken_frames(frames, model.game, saturated_limit=limit).astype(np.float64)}
-        if model.game == "pong":
-            m["ball_visible"] = ball_visible(frames).astype(np.float64)
+        if _readout(model.game) is not None:
+            m["ball_visible"] = ball_visible(frames, model.game).astype(np.float64)
         return m
 
     idx = np.arange(dreams) % len(model.start_frames)
@@ -654,7 +671,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     stage("controllability")
     report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons, windows=cfg.windows,
                                                 seed=cfg.seed, sim_options=sim_options)
-    if model.game == "pong":
+    if _readout(model.game) is not None:
         report["paddle_control"] = paddle_control(model, seed=cfg.seed, sim_options=sim_options)
     if model.lam is not None:
         stage("latent actions")

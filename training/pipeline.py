@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from envs.games import get_game
+from envs.readout import readout_for
 from recorders.collect import RecordConfig, record
 from recorders.dataset import NULL_ACTION, DatasetError, EpisodeDataset, WindowSampler, episode_paths
 from training.evaluate import paddle_control, sample_windows, teacher_forced, tokenizer_reconstruction, write_video
@@ -365,7 +366,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
         bundle.eval()
         log("evaluating on held-out episodes ...")
         metrics["teacher_forced"] = teacher_forced(bundle, held_eps, windows=b.eval_windows, seed=cfg.seed)
-        if cfg.game == "pong":
+        if readout_for(cfg.game) is not None:
             metrics["paddle_control"] = paddle_control(bundle, seed=cfg.seed)
         horizon = min(32, min(len(e.frames) for e in held_eps) - m.dynamics.context_frames)
         if horizon >= 1:
