@@ -18,28 +18,43 @@ from worldmodel.simulator import Simulator
 
 
 def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = "auto") -> str:
-    """The Simulator backend a front-end should use, exporting the ONNX graph on first use.
+    """The Simulator backend a front-end (one dream per Simulator) should use.
 
-    ``"auto"`` becomes ``"onnx"`` for a model on a GPU where onnxruntime's CUDA provider and
-    the exporter are installed (exporting this checkpoint's graph once, with a message, if it
-    is not cached yet), else ``"torch"`` (on the CPU torch measured faster at batch 1);
-    ``"torch"`` and ``"onnx"`` are returned as given; ``precision="bfloat16"`` makes ``"auto"``
-    torch (the onnx graph is float32).
+    ``"auto"`` becomes ``"onnx"`` where :func:`worldmodel.onnx_backend.auto_prefers_onnx`
+    says so for one dream: for a model on a GPU where onnxruntime's CUDA provider and the
+    exporter are installed (exporting this checkpoint's graph once, with a message, if it is
+    not cached yet), and on a CPU without native bfloat16 if the graph is exported already
+    (else torch, with a hint to export it: onnx measured faster at batch 1 there). Otherwise
+    ``"torch"``. ``"torch"`` and ``"onnx"`` are returned as given.
 
     Raises:
         ValueError: an unknown backend name.
     """
-    from worldmodel.onnx_backend import OnnxUnavailable, cached_step_graph, onnx_available
+    from worldmodel.onnx_backend import (
+        OnnxUnavailable,
+        auto_prefers_onnx,
+        cached_step_graph,
+        graph_path,
+        onnx_available,
+        runtime_available,
+    )
     from worldmodel.simulator import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
     if backend != "auto":
         return backend
-    if precision == "bfloat16":
-        return "torch"
     device = next(model.dynamics.parameters()).device
-    if device.type != "cuda" or not onnx_available(device):
+    if not auto_prefers_onnx(device, 1, precision):
+        return "torch"
+    if device.type == "cpu":
+        if runtime_available(device) and graph_path(model.dynamics).exists():
+            return "onnx"
+        if runtime_available(device):
+            print("hint: on this CPU the onnx backend is faster; export this checkpoint's graph once with "
+                  "`python -m worldmodel.export checkpoint=...`, or pass backend=onnx", flush=True)
+        return "torch"
+    if not onnx_available(device):
         return "torch"
     try:
         cached_step_graph(model.dynamics)

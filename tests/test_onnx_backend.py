@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel import Simulator
+from play.session import prepare_backend
+from worldmodel import Simulator, onnx_backend
 from worldmodel.onnx_backend import cached_step_graph, graph_path, onnx_available
 
 pytestmark = pytest.mark.skipif(not onnx_available(torch.device("cpu")),
@@ -64,19 +65,30 @@ def test_onnx_frames_match_torch(tiny_bundle, onnx_cache):
     assert int(np.abs(fo.astype(np.int16) - ft).max()) <= FRAME_TOLERANCE
 
 
-def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache):
+def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache, monkeypatch):
     path = cached_step_graph(tiny_bundle.dynamics, verbose=False)
     assert path == graph_path(tiny_bundle.dynamics) and path.stat().st_size > 0
     mtime = path.stat().st_mtime_ns
     assert cached_step_graph(tiny_bundle.dynamics, verbose=False).stat().st_mtime_ns == mtime
-    # On the CPU "auto" keeps torch (measured faster at small batches) even with a graph.
+    # On a CPU without native bfloat16 "auto" runs the exported graph at small batches (faster
+    # there at batch 1), torch at large ones and for bfloat16; with native bfloat16, torch.
+    monkeypatch.setattr(onnx_backend, "fast_bfloat16", lambda device: False)
+    assert Simulator(tiny_bundle, backend="auto").backend == "onnx"
+    assert Simulator(tiny_bundle, batch_size=onnx_backend.AUTO_ONNX_MAX_BATCH + 1, backend="auto").backend == "torch"
+    assert Simulator(tiny_bundle, backend="auto", precision="bfloat16").backend == "torch"
+    assert prepare_backend(tiny_bundle) == "onnx"
+    monkeypatch.setattr(onnx_backend, "fast_bfloat16", lambda device: True)
     assert Simulator(tiny_bundle, backend="auto").backend == "torch"
+    assert Simulator(tiny_bundle, backend="auto", precision="float32").backend == "onnx"
     # Other weights, another graph: "auto" does not export behind the caller's back.
     other = type(tiny_bundle.dynamics)(tiny_bundle.dynamics_config)
     assert graph_path(other) != path and not graph_path(other).exists()
 
 
-def test_auto_falls_back_to_torch_without_an_exported_graph(tiny_bundle, tmp_path, monkeypatch):
+def test_auto_falls_back_to_torch_without_an_exported_graph(tiny_bundle, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DREAMGAMES_CACHE", str(tmp_path))
+    monkeypatch.setattr(onnx_backend, "fast_bfloat16", lambda device: False)
     assert Simulator(tiny_bundle, backend="auto").backend == "torch"
+    assert prepare_backend(tiny_bundle) == "torch"                 # no export behind the player's back on a CPU
+    assert "worldmodel.export" in capsys.readouterr().out          # but a hint how to get the faster backend
     assert not any(tmp_path.rglob("*.onnx"))

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worldmodel.device import fast_bfloat16
 from worldmodel.dynamics import DynamicsModel
 
 OPSET = 23
@@ -198,16 +199,43 @@ def _ort():
     return ort
 
 
-def onnx_available(device: torch.device) -> bool:
-    """Whether the onnxruntime backend can run a model on ``device`` here (runtime and exporter present)."""
+def runtime_available(device: torch.device) -> bool:
+    """Whether onnxruntime with the execution provider for ``device`` is installed (enough to
+    run a graph that is already exported; exporting needs :func:`onnx_available`)."""
     try:
         ort = _ort()
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except (OnnxUnavailable, ImportError):
+    except OnnxUnavailable:
         return False
     wanted = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
     return wanted in ort.get_available_providers()
+
+
+def onnx_available(device: torch.device) -> bool:
+    """Whether the onnxruntime backend can run a model on ``device`` here (runtime and exporter present)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return runtime_available(device)
+
+
+AUTO_ONNX_MAX_BATCH = 8
+"""On a CPU without native bfloat16, ``backend="auto"`` runs onnx up to this batch size: there
+it measured faster than torch at batch 1 and as fast at batch 8, slower at batch 64 (README)."""
+
+
+def auto_prefers_onnx(device: torch.device, batch_size: int, precision: str = "auto") -> bool:
+    """Whether ``backend="auto"`` would run onnx for ``batch_size`` dreams on ``device`` at
+    ``precision``, once the graph is exported: on a GPU always; on a CPU without native
+    bfloat16 up to :data:`AUTO_ONNX_MAX_BATCH` dreams; never for ``precision="bfloat16"``
+    (the graph is float32), nor on a CPU with native bfloat16 at ``"auto"``, where torch's
+    bfloat16 was faster at every batch size."""
+    if precision == "bfloat16":
+        return False
+    if device.type == "cuda":
+        return True
+    return batch_size <= AUTO_ONNX_MAX_BATCH and (precision == "float32" or not fast_bfloat16(device))
 
 
 class OnnxStepper:

@@ -10,7 +10,7 @@ import torch
 from worldmodel.bundle import ModelBundle
 from worldmodel.device import fast_bfloat16
 from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
-from worldmodel.onnx_backend import OnnxStepper, graph_path, onnx_available
+from worldmodel.onnx_backend import OnnxStepper, auto_prefers_onnx, graph_path, runtime_available
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -33,10 +33,11 @@ class Simulator:
         batch_size: number of dreams B.
         backend: ``"torch"`` (PyTorch on the model's device), ``"onnx"`` (onnxruntime, the
             CPU or CUDA execution provider by the model's device, exporting the graph on first
-            use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx for a model on a GPU
-            whose graph is already exported (``python -m worldmodel.export``), else torch (on
-            a CPU with bfloat16 torch is faster at every batch size; without it onnx was faster
-            at batch 1 and torch at batch 64). The chosen one is in :attr:`backend`.
+            use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx where the model's
+            graph is already exported (``python -m worldmodel.export``) and
+            :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so (a GPU; a CPU without
+            native bfloat16 at batch sizes up to 8, where onnx measured faster at batch 1 and
+            torch at batch 64), else torch. The chosen one is in :attr:`backend`.
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
@@ -62,8 +63,7 @@ class Simulator:
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
         check_precision(precision)
-        self.backend, self._onnx = self._choose_backend("torch" if backend == "auto" and precision == "bfloat16"
-                                                        else backend)
+        self.backend, self._onnx = self._choose_backend(backend, precision)
         self.precision = resolve_precision(precision, self.device, self.backend)
         dtype = PRECISIONS[self.precision]
         self.dynamics = model.dynamics if dtype == torch.float32 else _cast_copy(model.dynamics, dtype)
@@ -103,12 +103,11 @@ class Simulator:
         """``(B,)`` int64: the absolute frame index of each dream's latest frame."""
         return self.pending_position[:, 0].cpu().numpy()
 
-    def _choose_backend(self, backend: str):
+    def _choose_backend(self, backend: str, precision: str):
         if backend == "auto":
-            # onnx on a GPU where this checkpoint's graph is exported already (exporting takes
-            # seconds to a minute, which "auto" must not spend behind the caller's back). On
-            # the CPU torch was the faster at batch 1 and 8 (python -m worldmodel.bench, README).
-            ready = (self.device.type == "cuda" and onnx_available(self.device)
+            # Only a graph exported already (exporting takes seconds to a minute, which "auto"
+            # must not spend behind the caller's back).
+            ready = (auto_prefers_onnx(self.device, self.batch_size, precision) and runtime_available(self.device)
                      and graph_path(self.model.dynamics).exists())
             backend = "onnx" if ready else "torch"
         if backend == "torch":
