@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from envs.games import get_game
 from recorders.dataset import DatasetWriter, Episode, encode_episode
-from recorders.policies import (CallablePolicy, KeyboardPolicy, MixedPolicy, Policy, RandomRepeatPolicy,
+from recorders.policies import (SCRIPTED, CallablePolicy, KeyboardPolicy, MixedPolicy, Policy, RandomRepeatPolicy,
                                 ScriptedPongPolicy)
 
 
@@ -41,8 +41,8 @@ class RecordConfig:
             whose finished episodes this process writes; ``0``: one per CPU core this process
             may use. At most ``num_envs`` and at most one per episode to record;
             ``policy=human`` and a policy passed to :func:`record` record in this process.
-        policy: ``random``, ``scripted`` (Pong only), ``mixed`` (random and scripted) or
-            ``human`` (keyboard; forces one env).
+        policy: ``random``, ``scripted`` (Pong and Breakout), ``mixed`` (random and scripted
+            for Pong, random for the others) or ``human`` (keyboard; forces one env).
         max_repeat: longest hold of the random policy, in steps.
         frame_skip: emulator frames per step (ALE; ``None``: the game's default).
         sticky_actions: ALE's repeat-action probability.
@@ -95,19 +95,21 @@ def make_policy(cfg: RecordConfig, num_envs: int, *, seed: int | None = None) ->
     """Build the policy named by ``cfg.policy``, seeded with ``seed`` (``None``: ``cfg.seed``).
 
     Raises:
-        ValueError: unknown policy name, or a Pong-only policy for another game.
+        ValueError: unknown policy name, or ``scripted`` for a game without a scripted player.
     """
     spec = get_game(cfg.game)
     seed = cfg.seed if seed is None else seed
     rand = RandomRepeatPolicy(num_envs, spec.num_actions, max_repeat=cfg.max_repeat, seed=seed)
     if cfg.policy == "random":
         return rand
-    if cfg.policy in ("scripted", "mixed") and cfg.game != "pong":
-        if cfg.policy == "mixed":
-            return rand
-        raise ValueError(f"the scripted policy plays Pong only, not {cfg.game!r}")
     if cfg.policy == "scripted":
-        return ScriptedPongPolicy(num_envs, seed=seed)
+        if cfg.game not in SCRIPTED:
+            raise ValueError(f"there is no scripted player for {cfg.game!r}; scripted games: {sorted(SCRIPTED)}")
+        return SCRIPTED[cfg.game](num_envs, seed=seed)
+    # "mixed" mixes in the scripted player for Pong only: the shipped Breakout checkpoint was
+    # trained on the random play that "mixed" recorded for it, and its command must record the same.
+    if cfg.policy == "mixed" and cfg.game != "pong":
+        return rand
     if cfg.policy == "mixed":
         return MixedPolicy([rand, ScriptedPongPolicy(num_envs, seed=seed + 1)], num_envs=num_envs, seed=seed)
     if cfg.policy == "human":

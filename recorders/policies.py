@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from envs.games import GameSpec
-from envs.readout import ball_xy, paddle_y
+from envs.readout import ball_xy, breakout_ball_xy, breakout_paddle_x, paddle_y
 
 
 class Policy(Protocol):
@@ -97,6 +97,57 @@ class ScriptedPongPolicy:
         actions[busy] = self._random[busy]
         self._random_left[busy] -= 1
         return actions
+
+
+class ScriptedBreakoutPolicy:
+    """A Breakout player that follows the ball, imperfectly.
+
+    It launches the ball (FIRE) when none is seen, and moves its paddle towards the ball's
+    column (its last seen column while the ball is among the bricks), with a random aiming
+    offset drawn per episode, a dead zone, and bursts of random actions, so that it breaks
+    bricks and misses sometimes. Random play breaks few bricks (7.7 per 1,000 steps on the
+    README's held-out set), so the brick-breaking transitions a reward model learns from are rare.
+
+    Args:
+        num_envs: batch size.
+        epsilon: about the probability of a random action at each step.
+        seed: seed of the policy's generator.
+    """
+
+    name = "scripted_breakout"
+    NOOP, FIRE, RIGHT, LEFT = 0, 1, 2, 3
+
+    def __init__(self, num_envs: int, *, epsilon: float = 0.15, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.epsilon = epsilon
+        self._offset = self.rng.normal(0.0, 1.5, size=num_envs)
+        self._target = np.full(num_envs, np.nan)
+        self._random = np.zeros(num_envs, np.int64)
+        self._random_left = np.zeros(num_envs, np.int64)
+
+    def episode_start(self, index: int) -> None:
+        self._offset[index] = self.rng.normal(0.0, 1.5)
+        self._target[index] = np.nan
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        paddle = breakout_paddle_x(obs)
+        ball = breakout_ball_xy(obs)[:, 0]
+        seen = ~np.isnan(ball)
+        self._target = np.where(seen, ball + self._offset, self._target)
+        diff = np.nan_to_num(self._target - paddle)
+        actions = np.where(diff < -1.0, self.LEFT, np.where(diff > 1.0, self.RIGHT, self.NOOP)).astype(np.int64)
+        actions[~seen & (self.rng.random(len(actions)) < 0.5)] = self.FIRE
+        start = (self._random_left <= 0) & (self.rng.random(len(actions)) < self.epsilon / 4)
+        self._random[start] = self.rng.integers(4, size=int(start.sum()))
+        self._random_left[start] = self.rng.integers(1, 8, size=int(start.sum()))
+        busy = self._random_left > 0
+        actions[busy] = self._random[busy]
+        self._random_left[busy] -= 1
+        return actions
+
+
+SCRIPTED = {"pong": ScriptedPongPolicy, "breakout": ScriptedBreakoutPolicy}
+"""The scripted player of each game that has one."""
 
 
 class CallablePolicy:
