@@ -114,6 +114,7 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert set(report["teacher_forced"]) >= {"psnr", "ssim", "psnr_moving", "ball_error_px", "paddle_error_px"}
     assert "1" in on_disk["controllability"]["delta_psnr"]
     assert on_disk["long_run"]["steps"] == 4
+    assert set(on_disk["simulator"]["backend"].values()) == {"torch"}       # the default: torch at every batch size
     rates = on_disk["long_run"]["rates"]
     assert 0 <= rates["dream_rewards_per_1000"] <= 1000 and 0 <= rates["dream_ends_per_1000"] <= 1000
     assert rates["real_rewards_per_1000"] >= 0 and rates["real_ends_per_1000"] >= 0
@@ -125,6 +126,8 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
 def test_eval_config_rejects_bad_values():
     with pytest.raises(ValueError, match="windows"):
         EvalConfig(windows=0)
+    with pytest.raises(ValueError, match="'tensorrt'"):
+        EvalConfig(backend="tensorrt")
     with pytest.raises(ValueError, match="horizons"):
         EvalConfig(horizons=(0, 4))
 

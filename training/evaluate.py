@@ -312,7 +312,11 @@ def controllability(model: ModelBundle, episodes: list[Episode], *, horizons=(1,
     return out
 
 
-def paddle_control(model: ModelBundle, *, starts: int = 16, hold: int = 8, seed: int = 0, margin: float = 2.0,
+PADDLE_STARTS = 16
+"""Start windows of :func:`paddle_control` in the evaluation command."""
+
+
+def paddle_control(model: ModelBundle, *, starts: int = PADDLE_STARTS, hold: int = 8, seed: int = 0, margin: float = 2.0,
                    sim_options: dict | None = None) -> dict:
     """Does holding the key that moves the paddle towards lower positions (Pong: Up, to a
     smaller row; Breakout: Left, to a smaller column) leave it lower than holding the other?
@@ -580,6 +584,9 @@ class EvalConfig:
         video_windows: rows of the real | dream | difference video.
         sampling_steps: denoising steps (default: the bundle's).
         precision: the Simulator's ``precision`` (``auto``, ``float32``, ``bfloat16``).
+        backend: the Simulator's ``backend``. ``torch`` by default, so that figures do not
+            depend on whether an ONNX graph happens to be exported (``auto`` picks per batch
+            size; onnx and torch frames differ by rounding, which free play amplifies).
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds window choice, sampling noise and the random actions.
         progress: progress bars.
@@ -597,11 +604,16 @@ class EvalConfig:
     video_windows: int = 4
     sampling_steps: int | None = None
     precision: str = "auto"
+    backend: str = "torch"
     device: str = "auto"
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
+        from worldmodel.simulator import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; available: {BACKENDS}")
         self.horizons, self.control_horizons = tuple(self.horizons), tuple(self.control_horizons)
         for name in ("windows", "record_episodes", "long_run_dreams", "video_windows"):
             if getattr(self, name) < 1:
@@ -613,10 +625,11 @@ class EvalConfig:
                 raise ValueError(f"{name} must be non-empty positive integers, got {getattr(self, name)!r}")
 
 
-def _simulator_choice(model: ModelBundle, sim_options: dict) -> dict:
-    """The backend and precision the evaluation's Simulators run with."""
-    sim = Simulator(model, batch_size=1, **sim_options)
-    return {"backend": sim.backend, "precision": sim.precision}
+def _simulator_choice(model: ModelBundle, sim_options: dict, batch_sizes: tuple[int, ...]) -> dict:
+    """The backend and precision the evaluation's Simulators run with, by batch size
+    (``backend="auto"`` may pick differently for one dream and for many)."""
+    sims = {b: Simulator(model, batch_size=b, **sim_options) for b in sorted(set(batch_sizes))}
+    return {"backend": {b: s.backend for b, s in sims.items()}, "precision": {b: s.precision for b, s in sims.items()}}
 
 
 def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:
@@ -653,9 +666,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     episodes = ensure_heldout(cfg, model.game)
     out = Path(cfg.out or f"runs/eval-{model.game}")
     out.mkdir(parents=True, exist_ok=True)
-    sim_options = {"sampling_steps": cfg.sampling_steps, "precision": cfg.precision}
+    sim_options = {"sampling_steps": cfg.sampling_steps, "precision": cfg.precision, "backend": cfg.backend}
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
-                    "simulator": _simulator_choice(model, sim_options),
+                    "simulator": _simulator_choice(model, sim_options, (cfg.long_run_dreams, cfg.video_windows,
+                                                                        PADDLE_STARTS, cfg.windows)),
                     "heldout": {"episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
 
     def stage(name: str) -> None:
