@@ -7,6 +7,7 @@ frame it returns.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -34,33 +35,24 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
         OnnxUnavailable,
         auto_prefers_onnx,
         cached_step_graph,
-        graph_path,
         onnx_available,
         runtime_available,
     )
-    from worldmodel.simulator import BACKENDS
+    from worldmodel.simulator import resolve_backend
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
     if backend != "auto":
-        return backend
+        return resolve_backend(model, 1, backend, precision)             # checks the name
     device = next(model.dynamics.parameters()).device
     if not auto_prefers_onnx(device, 1, precision):
         return "torch"
-    if device.type == "cpu":
-        if runtime_available(device) and graph_path(model.dynamics).exists():
-            return "onnx"
-        if runtime_available(device):
-            print("hint: on this CPU the onnx backend is faster; export this checkpoint's graph once with "
-                  "`python -m worldmodel.export checkpoint=...`, or pass backend=onnx", flush=True)
-        return "torch"
-    if not onnx_available(device):
-        return "torch"
-    try:
-        cached_step_graph(model.dynamics)
-    except OnnxUnavailable:
-        return "torch"
-    return "onnx"
+    if device.type == "cuda" and onnx_available(device):
+        with contextlib.suppress(OnnxUnavailable):
+            cached_step_graph(model.dynamics)                             # on a GPU, export on first use
+    chosen = resolve_backend(model, 1, "auto", precision)
+    if chosen == "torch" and device.type == "cpu" and runtime_available(device):
+        print("hint: on this CPU the onnx backend is faster; export this checkpoint's graph once with "
+              "`python -m worldmodel.export checkpoint=...`, or pass backend=onnx", flush=True)
+    return chosen
 
 
 @dataclass

@@ -57,6 +57,32 @@ class RandomRepeatPolicy:
         return self._action.copy()
 
 
+def _towards(diff: np.ndarray, lower: int, higher: int, stay: int) -> np.ndarray:
+    """``(B,)`` actions that move a paddle by ``diff`` pixels (target - position): ``lower``
+    below -1, ``higher`` above +1, ``stay`` within the dead zone."""
+    return np.where(diff < -1.0, lower, np.where(diff > 1.0, higher, stay)).astype(np.int64)
+
+
+class _RandomBursts:
+    """Bursts of random actions (a distracted player): a burst starts with probability
+    ``epsilon / 4`` per step and holds one random action for 1-7 steps."""
+
+    def __init__(self, num_envs: int, num_actions: int, epsilon: float, rng: np.random.Generator):
+        self.num_actions, self.epsilon, self.rng = num_actions, epsilon, rng
+        self._action = np.zeros(num_envs, np.int64)
+        self._left = np.zeros(num_envs, np.int64)
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        """Overwrite ``actions (B,)`` in place where a burst runs; returns them."""
+        start = (self._left <= 0) & (self.rng.random(len(actions)) < self.epsilon / 4)
+        self._action[start] = self.rng.integers(self.num_actions, size=int(start.sum()))
+        self._left[start] = self.rng.integers(1, 8, size=int(start.sum()))
+        busy = self._left > 0
+        actions[busy] = self._action[busy]
+        self._left[busy] -= 1
+        return actions
+
+
 class ScriptedPongPolicy:
     """A Pong player that tracks the ball, imperfectly.
 
@@ -75,10 +101,8 @@ class ScriptedPongPolicy:
 
     def __init__(self, num_envs: int, *, epsilon: float = 0.15, seed: int = 0):
         self.rng = np.random.default_rng(seed)
-        self.epsilon = epsilon
         self._offset = self.rng.normal(0.0, 2.0, size=num_envs)
-        self._random = np.zeros(num_envs, np.int64)
-        self._random_left = np.zeros(num_envs, np.int64)
+        self._bursts = _RandomBursts(num_envs, 6, epsilon, self.rng)
 
     def episode_start(self, index: int) -> None:
         self._offset[index] = self.rng.normal(0.0, 2.0)
@@ -87,16 +111,7 @@ class ScriptedPongPolicy:
         paddle = paddle_y(obs)
         ball = ball_xy(obs)
         target = np.where(np.isnan(ball[:, 1]), obs.shape[1] / 2, ball[:, 1]) + self._offset
-        diff = np.nan_to_num(target - paddle)
-        actions = np.where(diff < -1.0, self.UP, np.where(diff > 1.0, self.DOWN, self.NOOP)).astype(np.int64)
-        # Bursts of random actions (a distracted player).
-        start = (self._random_left <= 0) & (self.rng.random(len(actions)) < self.epsilon / 4)
-        self._random[start] = self.rng.integers(6, size=int(start.sum()))
-        self._random_left[start] = self.rng.integers(1, 8, size=int(start.sum()))
-        busy = self._random_left > 0
-        actions[busy] = self._random[busy]
-        self._random_left[busy] -= 1
-        return actions
+        return self._bursts(_towards(np.nan_to_num(target - paddle), self.UP, self.DOWN, self.NOOP))
 
 
 class ScriptedBreakoutPolicy:
@@ -119,11 +134,9 @@ class ScriptedBreakoutPolicy:
 
     def __init__(self, num_envs: int, *, epsilon: float = 0.15, seed: int = 0):
         self.rng = np.random.default_rng(seed)
-        self.epsilon = epsilon
         self._offset = self.rng.normal(0.0, 1.5, size=num_envs)
         self._target = np.full(num_envs, np.nan)
-        self._random = np.zeros(num_envs, np.int64)
-        self._random_left = np.zeros(num_envs, np.int64)
+        self._bursts = _RandomBursts(num_envs, 4, epsilon, self.rng)
 
     def episode_start(self, index: int) -> None:
         self._offset[index] = self.rng.normal(0.0, 1.5)
@@ -134,16 +147,9 @@ class ScriptedBreakoutPolicy:
         ball = breakout_ball_xy(obs)[:, 0]
         seen = ~np.isnan(ball)
         self._target = np.where(seen, ball + self._offset, self._target)
-        diff = np.nan_to_num(self._target - paddle)
-        actions = np.where(diff < -1.0, self.LEFT, np.where(diff > 1.0, self.RIGHT, self.NOOP)).astype(np.int64)
+        actions = _towards(np.nan_to_num(self._target - paddle), self.LEFT, self.RIGHT, self.NOOP)
         actions[~seen & (self.rng.random(len(actions)) < 0.5)] = self.FIRE
-        start = (self._random_left <= 0) & (self.rng.random(len(actions)) < self.epsilon / 4)
-        self._random[start] = self.rng.integers(4, size=int(start.sum()))
-        self._random_left[start] = self.rng.integers(1, 8, size=int(start.sum()))
-        busy = self._random_left > 0
-        actions[busy] = self._random[busy]
-        self._random_left[busy] -= 1
-        return actions
+        return self._bursts(actions)
 
 
 SCRIPTED = {"pong": ScriptedPongPolicy, "breakout": ScriptedBreakoutPolicy}

@@ -252,11 +252,12 @@ def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_s
             if with_ssim:
                 add(tag + "ssim", np.mean([ssim(r, f) for r, f in zip(real, pred)]))
         if readout is not None:
+            ball_real, ball_fake = readout.ball_xy(real), readout.ball_xy(fake)
             with np.errstate(all="ignore"):
-                add("ball_error_px", np.nanmedian(position_error(readout.ball_xy(real), readout.ball_xy(fake))))
+                add("ball_error_px", np.nanmedian(position_error(ball_real, ball_fake)))
                 add("paddle_error_px", np.nanmedian(position_error(readout.paddle(real), readout.paddle(fake))))
-            add("ball_visible_real", ball_visible(real, game).mean())
-            add("ball_visible_dream", ball_visible(fake, game).mean())
+            add("ball_visible_real", np.isfinite(ball_real[..., 0]).mean())
+            add("ball_visible_dream", np.isfinite(ball_fake[..., 0]).mean())
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -388,10 +389,11 @@ def tokenizer_reconstruction(tokenizer, episodes: list[Episode], *, frames: int 
                "frames": len(real)}
     readout = _readout(game)
     if readout is not None:
-        err = position_error(readout.ball_xy(real), readout.ball_xy(rec))
-        seen = ball_visible(real, game)
+        ball_real, ball_rec = readout.ball_xy(real), readout.ball_xy(rec)
+        err = position_error(ball_real, ball_rec)
+        seen = np.isfinite(ball_real[..., 0])
         out["ball_error_px"] = _finite(np.nanmedian(err)) if (~np.isnan(err)).any() else None
-        out["ball_recall"] = _finite((ball_visible(rec, game) & seen).sum() / max(seen.sum(), 1))
+        out["ball_recall"] = _finite((np.isfinite(ball_rec[..., 0]) & seen).sum() / max(seen.sum(), 1))
     return out
 
 
@@ -505,10 +507,12 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     ref = colour_histogram(real).mean(0)
     limit = saturated_limit_of(real)
 
+    with_ball = _readout(model.game) is not None
+
     def measures(frames):
         d = 0.5 * np.abs(colour_histogram(frames) - ref).sum(-1)
         m = {"hist_distance": d, "broken": broken_frames(frames, model.game, saturated_limit=limit).astype(np.float64)}
-        if _readout(model.game) is not None:
+        if with_ball:
             m["ball_visible"] = ball_visible(frames, model.game).astype(np.float64)
         return m
 
@@ -628,8 +632,13 @@ class EvalConfig:
 def _simulator_choice(model: ModelBundle, sim_options: dict, batch_sizes: tuple[int, ...]) -> dict:
     """The backend and precision the evaluation's Simulators run with, by batch size
     (``backend="auto"`` may pick differently for one dream and for many)."""
-    sims = {b: Simulator(model, batch_size=b, **sim_options) for b in sorted(set(batch_sizes))}
-    return {"backend": {b: s.backend for b, s in sims.items()}, "precision": {b: s.precision for b, s in sims.items()}}
+    from worldmodel.simulator import resolve_backend, resolve_precision
+
+    device = next(model.dynamics.parameters()).device
+    backends = {b: resolve_backend(model, b, sim_options["backend"], sim_options["precision"])
+                for b in sorted(set(batch_sizes))}
+    return {"backend": backends,
+            "precision": {b: resolve_precision(sim_options["precision"], device, k) for b, k in backends.items()}}
 
 
 def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:

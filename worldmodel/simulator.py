@@ -56,14 +56,13 @@ class Simulator:
 
     def __init__(self, model: ModelBundle, batch_size: int = 1, backend: str = "auto", seed: int = 0, *,
                  sampling_steps: int | None = None, context_noise: float | None = None, precision: str = "auto"):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
         check_precision(precision)
-        self.backend, self._onnx = self._choose_backend(backend, precision)
+        self.backend = resolve_backend(model, batch_size, backend, precision)
+        self._onnx = OnnxStepper(model.dynamics, self.device) if self.backend == "onnx" else None
         self.precision = resolve_precision(precision, self.device, self.backend)
         dtype = PRECISIONS[self.precision]
         self.dynamics = model.dynamics if dtype == torch.float32 else _cast_copy(model.dynamics, dtype)
@@ -102,17 +101,6 @@ class Simulator:
     def positions(self) -> np.ndarray:
         """``(B,)`` int64: the absolute frame index of each dream's latest frame."""
         return self.pending_position[:, 0].cpu().numpy()
-
-    def _choose_backend(self, backend: str, precision: str):
-        if backend == "auto":
-            # Only a graph exported already (exporting takes seconds to a minute, which "auto"
-            # must not spend behind the caller's back).
-            ready = (auto_prefers_onnx(self.device, self.batch_size, precision) and runtime_available(self.device)
-                     and graph_path(self.model.dynamics).exists())
-            backend = "onnx" if ready else "torch"
-        if backend == "torch":
-            return "torch", None
-        return "onnx", OnnxStepper(self.model.dynamics, self.device)
 
     def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens):
         """One cached pass of the dynamics model, by the chosen backend: the last frame's prediction."""
@@ -265,6 +253,27 @@ class Simulator:
             return np.zeros(self.batch_size, np.float32), np.zeros(self.batch_size, bool)
         rewards, terminated = self.model.reward_model.predict(self.pending_shown[:, 0], shown, actions)
         return rewards.cpu().numpy().astype(np.float32), terminated.cpu().numpy()
+
+
+def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", precision: str = "auto") -> str:
+    """The backend a :class:`Simulator` of ``batch_size`` dreams with these settings runs.
+
+    ``"torch"`` and ``"onnx"`` are returned as given; ``"auto"`` is onnx where
+    :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so, onnxruntime is installed and
+    the model's graph is exported already (exporting takes seconds to a minute, which "auto"
+    must not spend behind the caller's back), else torch.
+
+    Raises:
+        ValueError: an unknown backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
+    if backend != "auto":
+        return backend
+    device = next(model.dynamics.parameters()).device
+    ready = (auto_prefers_onnx(device, batch_size, precision) and runtime_available(device)
+             and graph_path(model.dynamics).exists())
+    return "onnx" if ready else "torch"
 
 
 def check_precision(precision: str) -> str:
