@@ -11,12 +11,14 @@ from training.evaluate import (
     MISSING_PX,
     EvalConfig,
     broken_frames,
+    checks_real_play_fails,
     colour_histogram,
     evaluate,
     position_error,
     reward_model_quality,
     rollout_curves,
     saturated_limit_of,
+    screen_checks,
 )
 
 
@@ -44,6 +46,26 @@ def test_broken_frames_flags_blank_saturated_and_missing_paddles(pong_trajectory
     assert np.isnan(paddle_y(no_paddle)).all()
     assert broken_frames(np.concatenate([black, white, no_paddle]), "pong").all()
     assert not broken_frames(no_paddle, "cartpole").any()   # the Pong screen check is Pong's only
+
+
+def test_checks_that_real_play_fails_itself_are_named(pong_trajectory):
+    """Pong hides the opponent's paddle over the top wall after each point: a frame without it is
+    broken by the screen checks, but not beyond what real play shows when real frames lack it too."""
+    from envs.readout import paddle_y
+
+    frames, _ = pong_trajectory
+    real = frames[18:22]
+    hidden = real.copy()
+    hidden[:, 12:60, :12] = real[0, 30, 30]                     # background over the opponent's paddle
+    assert np.isnan(paddle_y(hidden, player=False)).all() and not np.isnan(paddle_y(hidden)).any()
+    checks = screen_checks(hidden, "pong")
+    assert checks["no_opponent_paddle"].all()
+    assert not any(v.any() for k, v in checks.items() if k != "no_opponent_paddle")
+    assert broken_frames(hidden, "pong").all()
+    mixed = screen_checks(np.concatenate([real] * 4 + [hidden[:1]]), "pong")   # 1 frame in 17 hides it
+    assert checks_real_play_fails(mixed) == ["no_opponent_paddle"]
+    assert checks_real_play_fails(mixed, share=0.1) == []
+    assert checks_real_play_fails(screen_checks(real, "pong")) == []
 
 
 def test_a_paddle_smeared_along_its_column_is_broken(pong_trajectory):
@@ -114,6 +136,10 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert set(report["teacher_forced"]) >= {"psnr", "ssim", "psnr_moving", "ball_error_px", "paddle_error_px"}
     assert "1" in on_disk["controllability"]["delta_psnr"]
     assert on_disk["long_run"]["steps"] == 4
+    dream = on_disk["long_run"]["dream_mean"]
+    assert isinstance(on_disk["long_run"]["checks_real_play_fails"], list)
+    assert 0.0 <= dream["broken_beyond_real"] <= dream["broken"] <= 1.0
+    assert {"fails_blank", "fails_saturated", "fails_no_player_paddle"} <= set(dream)
     assert set(on_disk["simulator"]["backend"].values()) == {"torch"}       # the default: torch at every batch size
     rates = on_disk["long_run"]["rates"]
     assert 0 <= rates["dream_rewards_per_1000"] <= 1000 and 0 <= rates["dream_ends_per_1000"] <= 1000

@@ -55,7 +55,7 @@ def plot_long_run(series: dict[str, np.ndarray], real: dict[str, float], path: s
     """Long free-play figures over time (moving average over ``window`` steps), real level dashed."""
     plt = _pyplot()
     labels = {"hist_distance": "colour-histogram distance", "broken": "share of broken frames",
-              "ball_visible": "share of frames with a ball"}
+              "broken_beyond_real": "broken beyond real play", "ball_visible": "share of frames with a ball"}
     names = [n for n in labels if n in series]
     fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.0), squeeze=False)
     for ax, name in zip(axes[0], names):
