@@ -12,7 +12,7 @@ import torch
 from worldmodel import Simulator
 from worldmodel.config import RewardConfig
 from worldmodel.reward_model import (END_POS_WEIGHT, REWARD_CLASS_WEIGHTS, RewardEndModel, RewardEndOutput,
-                                     reward_end_loss)
+                                     game_over_targets, reward_end_loss)
 
 TINY = RewardConfig(channels=(8, 16), hidden=16, num_actions=3)
 
@@ -24,6 +24,19 @@ def test_decode_undoes_the_class_weights():
     end = torch.tensor([math.log(END_POS_WEIGHT) - 0.1, math.log(END_POS_WEIGHT) + 0.1])
     rewards, terminated = RewardEndOutput(reward_logits=logits, end_logits=end).decode()
     assert rewards.tolist() == [0.0, 1.0] and terminated.tolist() == [False, True]
+
+
+def test_game_over_targets_span_the_still_screen_before_the_end():
+    frames = np.zeros((8, 4, 4, 3), np.uint8)
+    frames[:, 0, 0, 0] = [0, 1, 2, 3, 4, 9, 9, 9]        # x_5 .. x_7 the same final screen
+    ended = np.array([False] * 6 + [True])
+    # Transitions 4 (x_4 -> x_5, into the still screen), 5 and 6 are the game over.
+    assert game_over_targets(frames, ended).tolist() == [False] * 4 + [True] * 3
+    moving = frames.copy()
+    moving[:, 0, 0, 1] = np.arange(8)                  # the screen changes up to the end (Pong)
+    assert game_over_targets(moving, ended).tolist() == ended.tolist()
+    assert not game_over_targets(frames, np.zeros(7, bool)).any()     # truncated, or still playing
+    assert game_over_targets(np.zeros((4, 4, 4, 3), np.uint8), np.array([False, False, True])).all()
 
 
 def test_predict_shapes_and_dtypes():

@@ -425,7 +425,9 @@ def reward_model_quality(model: ModelBundle, episodes: list[Episode], *, batch: 
     """Precision and recall of the reward and end model on every real held-out transition.
 
     Each transition ``(x_t, a_t, x_{t+1})`` is scored from the real frames. A reward counts
-    as found when its sign is right.
+    as found when its sign is right. The end flag is scored against the transitions into a
+    finished game (:func:`worldmodel.reward_model.game_over_targets`: the recorded end, spread
+    back over a still screen that precedes it), the targets the model was trained on.
 
     Returns:
         ``{"reward": {"precision", "recall", "true", "predicted"}, "end": {...}}`` (precision
@@ -433,11 +435,14 @@ def reward_model_quality(model: ModelBundle, episodes: list[Episode], *, batch: 
     """
     import torch
 
+    from worldmodel.reward_model import game_over_targets
+
     if model.reward_model is None:
         return None
     device = next(model.reward_model.parameters()).device
     true_r, pred_r, true_e, pred_e = [], [], [], []
     for e in episodes:
+        over = game_over_targets(e.frames, e.terminated)
         for i in range(0, len(e.actions), batch):
             j = min(i + batch, len(e.actions))
             with torch.inference_mode():
@@ -447,7 +452,7 @@ def reward_model_quality(model: ModelBundle, episodes: list[Episode], *, batch: 
             pred_r.append(r.cpu().numpy())
             pred_e.append(end.cpu().numpy())
             true_r.append(np.sign(e.rewards[i:j]))
-            true_e.append(e.terminated[i:j])
+            true_e.append(over[i:j])
     tr, pr = np.concatenate(true_r), np.concatenate(pred_r)
     te, pe = np.concatenate(true_e).astype(bool), np.concatenate(pred_e).astype(bool)
     hit_r = (pr != 0) & (pr == tr)
@@ -519,7 +524,7 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     Returns:
         ``(summary, series)``: the summary holds means over the run and over its last tenth
         beside the real held-out frames' figures, and the dream's rates of non-zero rewards
-        and of game ends per 1,000 steps beside the held-out episodes' rates (``rates``);
+        and of game ends (the first step of each run of end flags) per 1,000 steps beside the held-out episodes' rates (``rates``);
         ``series`` holds per-step ``(steps,)`` arrays, averaged over dreams: ``hist_distance``,
         ``broken`` (any of :func:`screen_checks` failed), ``broken_beyond_real`` (a check
         failed that real held-out frames pass in 99% of cases or more; the others are listed
@@ -554,9 +559,11 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     policy = RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
     series: dict[str, list] = {}
     rewards, ends = 0, 0
+    over = np.zeros(dreams, bool)      # a game over lasts while its still screen does: count its first step
     for _ in tqdm(range(steps), desc="long run", unit="step", disable=not progress, mininterval=2):
         frames, r, end = sim.step(policy(None))
-        rewards, ends = rewards + int((r != 0).sum()), ends + int(end.sum())
+        rewards, ends = rewards + int((r != 0).sum()), ends + int((end & ~over).sum())
+        over = end
         for k, v in measures(frames).items():
             series.setdefault(k, []).append(float(v.mean()))
     real_steps = sum(len(e.actions) for e in episodes)

@@ -20,7 +20,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from worldmodel.device import cpu_supports_bf16, resolve_device
 from worldmodel.dynamics import DynamicsModel, most_common_colours
 from worldmodel.lam import LatentActionModel
 from worldmodel.latent_actions import fit_action_codes
-from worldmodel.reward_model import RewardEndModel
+from worldmodel.reward_model import RewardEndModel, game_over_targets
 from worldmodel.tokenizer import build_tokenizer, frames_to_tensor
 
 STAGES = ("tokenizer", "lam", "reward", "dynamics", "evaluate")
@@ -250,8 +250,10 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     log(f"dataset: {len(train)} episodes, {train.num_transitions} transitions; held out: {len(held)} episodes")
 
     def stage(name: str, module, module_cfg, loss_for, budget, window: int, seed: int, stage_amp: bool,
-              generators=None):
+              generators=None, data=None):
         """Train ``module`` if the stage is selected (resuming), else load its last snapshot if any.
+
+        It trains on ``data``, the training episodes as this stage sees them (default: as recorded).
 
         Returns the trained (EMA) module, or None when it was neither trained, found nor in ``init_from``."""
         from_scratch = name == "dynamics" and fresh_dynamics     # a latent run's dynamics inherit no labels
@@ -262,7 +264,8 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
             elif (warm is not None and not has_state(out / name)
                     and not _warm_start(module, module_cfg, warm, name, other_game=other_game)):
                 print(f"[{name}] the init_from bundle has no {name} model: training it from scratch")
-            sampler = WindowSampler(episodes, window, seed=distributed.seed(seed))  # each rank its own windows
+            sampler = WindowSampler(episodes if data is None else data, window,
+                                    seed=distributed.seed(seed))                    # each rank its own windows
             module, logs = run_stage(name, module, loss_for(sampler), budget, out / name, sampler.rng, device=device,
                                      amp=stage_amp, frames_per_step=window * budget.batch_size * distributed.world_size,
                                      progress=cfg.progress, generators=generators, config=to_dict(module_cfg),
@@ -307,9 +310,11 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
     if latent and "reward" in cfg.stages:
         log("conditioning=latent: the reward stage is skipped (the reward model takes the game's actions, which "
             "a latent bundle does not step with); the bundle has no reward model")
-    reward_model = None if latent else stage("reward", RewardEndModel(m.reward).to(device), m.reward,
-                                             lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward,
-                                             2, cfg.seed + 5, conv_amp)
+    reward_model = None if latent else stage(
+        "reward", RewardEndModel(m.reward).to(device), m.reward,
+        lambda smp: reward_loss_fn(smp, b.reward.batch_size, device), b.reward, 2, cfg.seed + 5, conv_amp,
+        data=[replace(e, terminated=game_over_targets(e.frames, e.terminated)) for e in episodes]
+        if "reward" in cfg.stages else None)
 
     if latent:
         if lam is None:

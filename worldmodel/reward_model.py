@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +29,33 @@ REWARD_CLASS_WEIGHTS = (20.0, 1.0, 20.0)
 """Cross-entropy class weights in training (non-zero rewards are rare)."""
 END_POS_WEIGHT = 50.0
 """Positive-class weight of the end flag's binary cross-entropy in training (ends are rare)."""
+
+
+def game_over_targets(frames: np.ndarray, terminated: np.ndarray) -> np.ndarray:
+    """The end model's targets for one episode: the transitions into a finished game.
+
+    A game may stop on a still screen before the emulator reports its end: Breakout shows
+    its last frame unchanged for 0-6 steps (4-6 in most of random play's episodes) after the
+    last ball is lost. Those transitions look alike, so from two frames no model can tell
+    which one the emulator will flag; the game is over from the first of them. Each end flag
+    is therefore spread back over the run of transitions whose next frame equals the frame
+    the episode ends on. A game that ends on a moving screen (Pong) keeps its single flag.
+
+    Args:
+        frames: ``(T+1, H, W, 3)`` uint8 observations ``x_0 .. x_T``.
+        terminated: ``(T,)`` bool, the recorded end flags (``terminated[t]``: the game ended
+            with ``x_{t+1}``).
+
+    Returns:
+        ``(T,)`` bool targets.
+    """
+    out = np.asarray(terminated, bool).copy()
+    for end in np.flatnonzero(out):
+        t = end
+        while t > 0 and np.array_equal(frames[t], frames[end + 1]):
+            t -= 1
+        out[t:end] = True
+    return out
 
 
 @dataclass
