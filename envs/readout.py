@@ -106,21 +106,29 @@ def paddle_is_bar(frames: np.ndarray, *, player: bool = True) -> np.ndarray:
     Returns:
         ``(...)`` bool.
     """
+    shown, shaped = _paddle_shown_and_shaped(frames, player)
+    return shown & shaped
+
+
+def _paddle_shown_and_shaped(frames: np.ndarray, player: bool) -> tuple[np.ndarray, np.ndarray]:
     weight, _ = _paddle_weight(frames, player)
-    return _is_bar(weight.sum(-1), visible=_visible_mass(frames), full=_paddle_mass(frames),
-                   length=_paddle_rows(frames))
+    return _bar_shown_and_shaped(weight.sum(-1), visible=_visible_mass(frames), full=_paddle_mass(frames),
+                                 length=_paddle_rows(frames))
 
 
-def _is_bar(line_mass: np.ndarray, *, visible: float, full: float, length: float) -> np.ndarray:
-    """``line_mass (..., L)``: a paddle's colour mass per line along its long axis. A bar has at
-    least ``visible`` mass, at most twice ``full``, within lines spanning at most 2.5 ``length``."""
+def _bar_shown_and_shaped(line_mass: np.ndarray, *, visible: float, full: float,
+                          length: float) -> tuple[np.ndarray, np.ndarray]:
+    """``line_mass (..., L)``: a paddle's colour mass per line along its long axis -> ``(shown,
+    shaped)``, each ``(...)`` bool. Shown: at least ``visible`` mass. Shaped (True where not
+    shown): at most twice ``full``, within lines spanning at most 2.5 ``length``. A bar is both."""
     coloured = line_mass > 0.3
     index = np.arange(line_mass.shape[-1])
     first = np.where(coloured, index, line_mass.shape[-1]).min(-1)
     last = np.where(coloured, index, -1).max(-1)
     span = np.maximum(last - first + 1, 0)
     mass = line_mass.sum(-1)
-    return (mass >= visible) & (mass <= 2.0 * full) & (span <= 2.5 * length)
+    shown = mass >= visible
+    return shown, ~shown | ((mass <= 2.0 * full) & (span <= 2.5 * length))
 
 
 def ball_xy(frames: np.ndarray) -> np.ndarray:
@@ -165,18 +173,23 @@ def pong_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
         frames: ``(..., H, W, 3)`` uint8 Pong frames.
 
     Returns:
-        ``{"background", "walls", "player_paddle", "opponent_paddle"}`` -> ``(...)`` bool:
-        the play field is mostly the brown background (>= 80% of its pixels within 40 of
-        it), both walls' rows are grey, each paddle is drawn as a paddle
-        (:func:`paddle_is_bar`: visible, not smeared along its column).
+        ``{"background", "walls", "player_paddle", "player_paddle_shape", "opponent_paddle",
+        "opponent_paddle_shape"}`` -> ``(...)`` bool: the play field is mostly the brown
+        background (>= 80% of its pixels within 40 of it), both walls' rows are grey, each
+        paddle is shown, and where shown drawn as a paddle, not smeared along its column or
+        drawn twice (both together: :func:`paddle_is_bar`). Shown and shape are apart because
+        real play hides the opponent's paddle over the top wall after each point (about 11% of
+        random play's frames), but never draws it twice.
     """
     h = frames.shape[-3]
     background = _mostly(frames[..., _scaled(_PLAY_ROWS, 210, h, inner=True), :, :], BACKGROUND)
     walls = np.ones(frames.shape[:-3], bool)
     for rows in _WALL_ROWS:
         walls &= _band_is(frames[..., _scaled(rows, 210, h, inner=True), :, :], WALL_GREY)
-    return {"background": background, "walls": walls,
-            "player_paddle": paddle_is_bar(frames), "opponent_paddle": paddle_is_bar(frames, player=False)}
+    parts = {"background": background, "walls": walls}
+    for name, player in (("player_paddle", True), ("opponent_paddle", False)):
+        parts[name], parts[f"{name}_shape"] = _paddle_shown_and_shaped(frames, player)
+    return parts
 
 
 def _mostly(region: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -274,9 +287,15 @@ def breakout_paddle_is_bar(frames: np.ndarray) -> np.ndarray:
     Returns:
         ``(...)`` bool.
     """
+    shown, shaped = _breakout_paddle_shown_and_shaped(frames)
+    return shown & shaped
+
+
+def _breakout_paddle_shown_and_shaped(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     paddle, rest, _ = _breakout_paddle_columns(frames)
     full, visible, width = _breakout_paddle_sizes(frames)
-    return _is_bar(paddle, visible=visible, full=full, length=width) & (rest <= BALL_MASS)
+    shown, shaped = _bar_shown_and_shaped(paddle, visible=visible, full=full, length=width)
+    return shown, ~shown | (shaped & (rest <= BALL_MASS))
 
 
 def breakout_ball_xy(frames: np.ndarray) -> np.ndarray:
@@ -303,9 +322,10 @@ def breakout_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
         frames: ``(..., H, W, 3)`` uint8 Breakout frames.
 
     Returns:
-        ``{"background", "walls", "player_paddle"}`` -> ``(...)`` bool: the field between the
-        bricks and the paddle is mostly black, the top and both side walls are grey, and the
-        paddle is drawn as a paddle (:func:`breakout_paddle_is_bar`).
+        ``{"background", "walls", "player_paddle", "player_paddle_shape"}`` -> ``(...)`` bool:
+        the field between the bricks and the paddle is mostly black, the top and both side
+        walls are grey, the paddle is shown, and where shown drawn as a paddle (both together:
+        :func:`breakout_paddle_is_bar`).
     """
     h, w = frames.shape[-3], frames.shape[-2]
     rows = slice(_scaled(_BO_BRICK_ROWS, 210, h).stop, _scaled(_BO_PADDLE_ROWS, 210, h).start)
@@ -314,7 +334,8 @@ def breakout_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
     side_rows = slice(_scaled(_BO_TOP_WALL_ROWS, 210, h).stop, rows.stop)
     for cols in _BO_SIDE_WALLS:
         walls &= _band_is(frames[..., side_rows, _scaled(cols, 160, w, inner=True), :], BREAKOUT_GREY)
-    return {"background": background, "walls": walls, "player_paddle": breakout_paddle_is_bar(frames)}
+    shown, shaped = _breakout_paddle_shown_and_shaped(frames)
+    return {"background": background, "walls": walls, "player_paddle": shown, "player_paddle_shape": shaped}
 
 
 # -- per game ---------------------------------------------------------------------------------

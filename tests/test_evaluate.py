@@ -66,6 +66,14 @@ def test_checks_that_real_play_fails_itself_are_named(pong_trajectory):
     assert checks_real_play_fails(mixed) == ["no_opponent_paddle"]
     assert checks_real_play_fails(mixed, share=0.1) == []
     assert checks_real_play_fails(screen_checks(real, "pong")) == []
+    # Drawn twice is another failure, one real play never shows: it stays broken beyond real play.
+    twice = real[:1].copy()
+    y = int(round(float(paddle_y(twice, player=False)[0])))
+    twice[0, 12:60, :12] = real[0, 30, 30]
+    twice[0, 14:20, :12] = real[0, y - 3:y + 3, :12]
+    twice[0, 50:56, :12] = real[0, y - 3:y + 3, :12]
+    checks = screen_checks(twice, "pong")
+    assert checks["no_opponent_paddle_shape"].all() and not checks["no_opponent_paddle"].any()
 
 
 def test_a_paddle_smeared_along_its_column_is_broken(pong_trajectory):

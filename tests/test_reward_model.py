@@ -11,8 +11,14 @@ import torch
 
 from worldmodel import Simulator
 from worldmodel.config import RewardConfig
-from worldmodel.reward_model import (END_POS_WEIGHT, REWARD_CLASS_WEIGHTS, RewardEndModel, RewardEndOutput,
-                                     game_over_targets, reward_end_loss)
+from worldmodel.reward_model import (
+    END_POS_WEIGHT,
+    REWARD_CLASS_WEIGHTS,
+    RewardEndModel,
+    RewardEndOutput,
+    game_over_targets,
+    reward_end_loss,
+)
 
 TINY = RewardConfig(channels=(8, 16), hidden=16, num_actions=3)
 
