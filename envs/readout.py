@@ -167,7 +167,7 @@ _WALL_ROWS = ((24, 34), (194, 210))
 
 
 def pong_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Which parts of a Pong screen a frame still shows.
+    """Which checks of a sane Pong screen a frame passes: its parts shown, its paddles drawn as paddles.
 
     Args:
         frames: ``(..., H, W, 3)`` uint8 Pong frames.
@@ -316,7 +316,7 @@ def breakout_ball_xy(frames: np.ndarray) -> np.ndarray:
 
 
 def breakout_screen_parts(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Which parts of a Breakout screen a frame still shows (the bricks may be gone in play).
+    """Which checks of a sane Breakout screen a frame passes (the bricks may be gone in play).
 
     Args:
         frames: ``(..., H, W, 3)`` uint8 Breakout frames.
@@ -348,7 +348,8 @@ class GameReadout:
         paddle: frames -> ``(...)`` float32 position of the player's paddle along the axis it
             moves on (Pong: its row; Breakout: its column), NaN if unseen.
         paddle_is_bar: frames -> ``(...)`` bool, the player's paddle is drawn as a paddle.
-        screen_parts: frames -> ``{part: (...) bool}``, the parts of the screen a frame shows.
+        screen_parts: frames -> ``{check: (...) bool}``, the checks of a sane screen a frame
+            passes: each part shown (``<part>``) and, where shown, drawn right (``<part>_shape``).
         towards_lower, towards_higher: the actions that move the player's paddle towards a
             lower and a higher position (Pong: UP 2 and DOWN 3; Breakout: LEFT 3 and RIGHT 2).
     """

@@ -179,6 +179,7 @@ class PygameApp:
         if self.frames_dir:
             self.frames_dir.mkdir(parents=True, exist_ok=True)
         self.dream_recorder = self._recorder("dream") if "dream" in cfg.records else None
+        self.dream_over = False   # the dream's last step was flagged as game over (a still end screen lasts several)
         self.real = None
         if cfg.side_by_side:
             self.real = RealGame(model.game, history=session.context_frames, seed=cfg.seed, size=h,
@@ -228,6 +229,7 @@ class PygameApp:
     def reset_dream(self) -> None:
         """Restart the dream from a random real start window of the checkpoint."""
         frame = self.session.reset()
+        self.dream_over = False
         if self.dream_recorder:
             self.dream_recorder.start(frame, reason="reset")
         self.message = "dream reset from real frames"
@@ -247,6 +249,7 @@ class PygameApp:
 
             actions = infer_latent_actions(self.session.model, frames) if len(frames) > 1 else actions
         frame = self.session.reset_from(frames, actions)
+        self.dream_over = False
         if self.dream_recorder:
             self.dream_recorder.start(frame, reason="resync")
         self.message = f"dream re-synced to the real game ({len(frames)} frames)"
@@ -347,11 +350,13 @@ class PygameApp:
         """Step the dream (and the real game) once with the held keys."""
         action = self.controls.action(self.held)
         result = self.session.step(action)
-        if result.terminated:
+        ended = result.terminated and not self.dream_over      # the first step of a game over ends the episode
+        self.dream_over = result.terminated
+        if ended:
             self.message = "the dream predicts the game ended (R restarts)"
         if self.dream_recorder:
-            self.dream_recorder.add(action, result.frame, result.reward, terminated=result.terminated)
-            if result.terminated:
+            self.dream_recorder.add(action, result.frame, result.reward, terminated=ended)
+            if ended:
                 self.dream_recorder.start(result.frame, reason="dream ended")
         if self.real is not None:
             real = self.real.step(self.real.action_for_keys(self.held))

@@ -13,13 +13,16 @@ from training.evaluate import (
     broken_frames,
     checks_real_play_fails,
     colour_histogram,
+    count_onsets,
     evaluate,
+    failed_any,
     position_error,
     reward_model_quality,
     rollout_curves,
     saturated_limit_of,
     screen_checks,
 )
+from worldmodel.reward_model import game_over_targets
 
 
 def test_position_error_charges_a_missing_object():
@@ -74,6 +77,10 @@ def test_checks_that_real_play_fails_itself_are_named(pong_trajectory):
     twice[0, 50:56, :12] = real[0, y - 3:y + 3, :12]
     checks = screen_checks(twice, "pong")
     assert checks["no_opponent_paddle_shape"].all() and not checks["no_opponent_paddle"].any()
+    excused = checks_real_play_fails(mixed)
+    assert failed_any(checks, excused=excused).all()                         # drawn twice: still broken
+    assert not failed_any(screen_checks(hidden, "pong"), excused=excused).any()   # absent: as in real play
+    assert failed_any(screen_checks(hidden, "pong")).all()
 
 
 def test_a_paddle_smeared_along_its_column_is_broken(pong_trajectory):
@@ -127,10 +134,33 @@ def test_reward_model_quality_counts_every_transition(tiny_bundle, pong_dataset)
     assert tiny_bundle.reward_model is not None
     res = reward_model_quality(tiny_bundle, episodes, batch=3)
     assert res["reward"]["true"] == sum(int((e.rewards != 0).sum()) for e in episodes)
-    assert res["end"]["true"] == sum(int(e.terminated.sum()) for e in episodes)
+    assert res["end"]["true"] == sum(int(game_over_targets(e.frames, e.terminated).sum()) for e in episodes)
     for head in res.values():
         for key in ("precision", "recall"):
             assert head[key] is None or 0.0 <= head[key] <= 1.0
+
+
+def test_the_end_model_is_scored_against_the_still_screen_before_a_game_end(tiny_bundle, pong_trajectory):
+    """A game that stops on a still screen is over from its first still frame: each of those
+    transitions is a game-over target, and a model flagging any of them is not wrong."""
+    from recorders.dataset import Episode
+
+    frames, actions = pong_trajectory
+    still = np.concatenate([frames, frames[-1:].repeat(3, axis=0)])         # 3 more steps on the last screen
+    t = len(still) - 1
+    ended = np.zeros(t, bool)
+    ended[-1] = True
+    episode = Episode(frames=still, actions=np.concatenate([actions, np.zeros(3, np.int64)]),
+                      rewards=np.zeros(t, np.float32), terminated=ended, truncated=np.zeros(t, bool))
+    assert not np.array_equal(frames[-2], frames[-1])
+    res = reward_model_quality(tiny_bundle, [episode])
+    assert res["end"]["true"] == 4          # into the still screen, and the 3 steps on it
+
+
+def test_long_run_counts_a_run_of_end_flags_as_one_game_end():
+    flags = np.array([[0, 1], [1, 1], [1, 0], [0, 0], [1, 1]], bool)    # (steps, dreams)
+    assert count_onsets(flags) == 4          # dream 0: steps 1 and 4; dream 1: steps 0 and 4
+    assert count_onsets(np.zeros((0, 2), bool)) == 0
 
 
 def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_dataset, tmp_path):

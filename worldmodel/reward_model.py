@@ -1,5 +1,5 @@
-"""The reward and end model: what a transition earns, and whether it ends the episode, read
-from the two frames it joins.
+"""The reward and end model: what a transition earns, and whether the game is over with it,
+read from the two frames it joins.
 
 A separate model, as in DIAMOND (Alonso et al. 2024, "Diffusion for World Modeling: Visual
 Details Matter in Atari", section 3: a reward/termination model beside the diffusion
@@ -147,7 +147,8 @@ def reward_end_loss(model: RewardEndModel, frames: torch.Tensor, actions: torch.
         frames: ``(B, 2, 3, H, W)`` float in [-1, 1], ``x_t`` and ``x_{t+1}``.
         actions: ``(B,)`` int64 ``a_t``.
         rewards: ``(B,)`` float ``r_t`` (only its sign is used).
-        terminated: ``(B,)`` bool, whether ``x_{t+1}`` ended the episode.
+        terminated: ``(B,)`` bool, whether the game is over with ``x_{t+1}`` (the pipeline
+            passes :func:`game_over_targets`, not the recorded flags).
         sample_weights: ``(B,)`` importance weights of a batch drawn with rare transitions
             over-represented (true probability / sampling probability); None: all 1.
 
