@@ -24,7 +24,7 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
     ``"auto"`` becomes ``"onnx"`` where :func:`worldmodel.onnx_backend.auto_prefers_onnx`
     says so for one dream: for a model on a GPU where onnxruntime's CUDA provider and the
     exporter are installed (exporting this checkpoint's graph once, with a message, if it is
-    not cached yet), and on a CPU without native bfloat16 if the graph is exported already
+    not cached yet), and on a CPU without AMX if the graph is exported already
     (else torch, with a hint to export it: onnx measured faster at batch 1 there). Otherwise
     ``"torch"``. ``"torch"`` and ``"onnx"`` are returned as given.
 

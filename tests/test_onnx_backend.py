@@ -70,14 +70,14 @@ def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache, monkeypatch)
     assert path == graph_path(tiny_bundle.dynamics) and path.stat().st_size > 0
     mtime = path.stat().st_mtime_ns
     assert cached_step_graph(tiny_bundle.dynamics, verbose=False).stat().st_mtime_ns == mtime
-    # On a CPU without native bfloat16 "auto" runs the exported graph at small batches (faster
-    # there at batch 1), torch at large ones and for bfloat16; with native bfloat16, torch.
-    monkeypatch.setattr(onnx_backend, "fast_bfloat16", lambda device: False)
+    # On a CPU without AMX "auto" runs the exported graph at small batches (faster there at
+    # batch 1), torch at large ones and for bfloat16; with AMX, torch.
+    monkeypatch.setattr(onnx_backend, "cpu_has_amx", lambda: False)
     assert Simulator(tiny_bundle, backend="auto").backend == "onnx"
     assert Simulator(tiny_bundle, batch_size=onnx_backend.AUTO_ONNX_MAX_BATCH + 1, backend="auto").backend == "torch"
     assert Simulator(tiny_bundle, backend="auto", precision="bfloat16").backend == "torch"
     assert prepare_backend(tiny_bundle) == "onnx"
-    monkeypatch.setattr(onnx_backend, "fast_bfloat16", lambda device: True)
+    monkeypatch.setattr(onnx_backend, "cpu_has_amx", lambda: True)
     assert Simulator(tiny_bundle, backend="auto").backend == "torch"
     assert Simulator(tiny_bundle, backend="auto", precision="float32").backend == "onnx"
     # Other weights, another graph: "auto" does not export behind the caller's back.
@@ -87,7 +87,7 @@ def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache, monkeypatch)
 
 def test_auto_falls_back_to_torch_without_an_exported_graph(tiny_bundle, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DREAMGAMES_CACHE", str(tmp_path))
-    monkeypatch.setattr(onnx_backend, "fast_bfloat16", lambda device: False)
+    monkeypatch.setattr(onnx_backend, "cpu_has_amx", lambda: False)
     assert Simulator(tiny_bundle, backend="auto").backend == "torch"
     assert prepare_backend(tiny_bundle) == "torch"                 # no export behind the player's back on a CPU
     assert "worldmodel.export" in capsys.readouterr().out          # but a hint how to get the faster backend

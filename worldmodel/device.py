@@ -26,14 +26,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 @lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX); read from
-    ``/proc/cpuinfo`` once per process (every Simulator asks)."""
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags, read from ``/proc/cpuinfo`` once per process (every Simulator
+    asks); empty where that file is unreadable (not Linux)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
+    return frozenset(word for line in text.splitlines() if line.startswith("flags") for word in line.split())
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tile units for bfloat16 (``amx_bf16``): there torch's bfloat16
+    beat the onnx backend's float32 at every batch size; with AVX512-BF16 alone it did not at
+    batch 1 (README, "Speed")."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def fast_bfloat16(device: torch.device) -> bool:

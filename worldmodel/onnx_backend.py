@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodel.device import fast_bfloat16
+from worldmodel.device import cpu_has_amx
 from worldmodel.dynamics import DynamicsModel
 
 OPSET = 23
@@ -221,21 +221,22 @@ def onnx_available(device: torch.device) -> bool:
 
 
 AUTO_ONNX_MAX_BATCH = 8
-"""On a CPU without native bfloat16, ``backend="auto"`` runs onnx up to this batch size: there
-it measured faster than torch at batch 1 and as fast at batch 8, slower at batch 64 (README)."""
+"""On a CPU without AMX, ``backend="auto"`` runs onnx up to this batch size: there it measured
+faster than torch at batch 1 and about as fast at batch 8, slower at batch 64 (README)."""
 
 
 def auto_prefers_onnx(device: torch.device, batch_size: int, precision: str = "auto") -> bool:
     """Whether ``backend="auto"`` would run onnx for ``batch_size`` dreams on ``device`` at
-    ``precision``, once the graph is exported: on a GPU always; on a CPU without native
-    bfloat16 up to :data:`AUTO_ONNX_MAX_BATCH` dreams; never for ``precision="bfloat16"``
-    (the graph is float32), nor on a CPU with native bfloat16 at ``"auto"``, where torch's
-    bfloat16 was faster at every batch size."""
+    ``precision``, once the graph is exported: on a GPU always; on a CPU without AMX up to
+    :data:`AUTO_ONNX_MAX_BATCH` dreams (with AVX512-BF16 alone, as on an AMD EPYC, torch's
+    bfloat16 was slower than onnx's float32 at batch 1); never for ``precision="bfloat16"``
+    (the graph is float32), nor on a CPU with AMX at ``"auto"``, where torch's bfloat16 was
+    faster at every batch size."""
     if precision == "bfloat16":
         return False
     if device.type == "cuda":
         return True
-    return batch_size <= AUTO_ONNX_MAX_BATCH and (precision == "float32" or not fast_bfloat16(device))
+    return batch_size <= AUTO_ONNX_MAX_BATCH and (precision == "float32" or not cpu_has_amx())
 
 
 class OnnxStepper:

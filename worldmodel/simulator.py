@@ -36,8 +36,8 @@ class Simulator:
             use; see :mod:`worldmodel.onnx_backend`) or ``"auto"``: onnx where the model's
             graph is already exported (``python -m worldmodel.export``) and
             :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so (a GPU; a CPU without
-            native bfloat16 at batch sizes up to 8, where onnx measured faster at batch 1 and
-            torch at batch 64), else torch. The chosen one is in :attr:`backend`.
+            AMX at batch sizes up to 8, where onnx measured faster at batch 1 and torch at
+            batch 64), else torch. The chosen one is in :attr:`backend`.
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
