@@ -182,9 +182,10 @@ def test_subset_reset_matches_full_reset(tiny_bundle, pong_trajectory, t, pre_st
     Both simulators have batch 2, so a re-seeded generator gives env 1 the same noise; env 0
     differs between them but cannot influence env 1. A mis-rotated ring would overwrite the
     wrong slot after a few steps and the dreams would part. Priming with fewer frames than the
-    ring holds (t < slots) is where the ring has to be rotated. Frames are not re-quantized, so
-    that float rounding (the rings' slot orders differ) is not turned into whole uint8 levels
-    and amplified by the random-weight model."""
+    ring holds (t < slots) is where the ring has to be rotated. Frames are not re-quantized, and
+    both run in float32 (not bfloat16, which ``precision="auto"`` picks on a CPU with
+    AVX512-BF16), so that float rounding (the rings' slot orders differ) is not turned into
+    whole uint8 levels and amplified by the random-weight model."""
     import dataclasses
 
     tiny_bundle = dataclasses.replace(tiny_bundle, sampler=dataclasses.replace(tiny_bundle.sampler,
@@ -193,7 +194,7 @@ def test_subset_reset_matches_full_reset(tiny_bundle, pong_trajectory, t, pre_st
     start_f, start_a = tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy()
     new_f, new_a = frames[None, 17 - t:17], actions[None, 17 - t:16]
 
-    a = Simulator(tiny_bundle, batch_size=2, seed=0)
+    a = Simulator(tiny_bundle, batch_size=2, seed=0, precision="float32")
     a.reset(start_f, start_a)
     for _ in range(pre_steps):                           # move the shared ring off slot 0
         a.step([1, 4])
@@ -203,7 +204,7 @@ def test_subset_reset_matches_full_reset(tiny_bundle, pong_trajectory, t, pre_st
     assert a.step_count.tolist() == [pre_steps, 0]
     assert a.positions.tolist() == [start_f.shape[1] + pre_steps - 1, t - 1]
 
-    b = Simulator(tiny_bundle, batch_size=2, seed=0)
+    b = Simulator(tiny_bundle, batch_size=2, seed=0, precision="float32")
     b.reset(np.concatenate([start_f[:1, -t:], new_f]),
             np.concatenate([start_a[:1, start_a.shape[1] - (t - 1):], new_a]))
     torch.testing.assert_close(a.cache.k[:, 1].sort(dim=2).values, b.cache.k[:, 1].sort(dim=2).values,
