@@ -39,6 +39,7 @@ class KVCache:
         self.k, self.v = self._k[:, :, :, :ring], self._v[:, :, :, :ring]
         self.frame_pos = torch.full((batch, slots), -1, dtype=torch.long, device=device)
         self.next_slot = 0
+        self._write_index: dict[tuple[int, int], torch.Tensor] = {}
 
     def clear(self, env_mask: torch.Tensor | None = None) -> None:
         """Forget every frame (or only those of the envs where ``env_mask (B,) bool`` is set)."""
@@ -64,18 +65,25 @@ class KVCache:
         return self._k[layer, :, :, :end], self._v[layer, :, :, :end]
 
     def write_index(self, frames: int) -> torch.Tensor:
-        """Token indices the next ``frames`` frames (at most ``slots``) are written to."""
-        slot = (self.next_slot + torch.arange(frames)) % self.slots
-        n = self.tokens_per_frame
-        return (slot[:, None] * n + torch.arange(n)[None, :]).reshape(-1).to(self.k.device)
+        """Token indices the next ``frames`` frames (at most ``slots``) are written to (built once
+        per ring position and frame count, then reused: every layer of every pass asks)."""
+        key = (self.next_slot, frames)
+        idx = self._write_index.get(key)
+        if idx is None:
+            slot = (self.next_slot + torch.arange(frames)) % self.slots
+            n = self.tokens_per_frame
+            idx = self._write_index[key] = (slot[:, None] * n + torch.arange(n)[None, :]).reshape(-1).to(self.k.device)
+        return idx
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the keys/values ``(B, H, F*N, Dh)`` of ``F`` frames (the last ``slots`` of them if more)."""
+    def write(self, layer: int | None, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the keys/values ``(B, H, F*N, Dh)`` of ``F`` frames (the last ``slots`` of them if
+        more) for ``layer``, or ``(depth, B, H, F*N, Dh)`` for every layer at once (``layer=None``)."""
         n = self.tokens_per_frame
-        frames = min(k.shape[2] // n, self.slots)
+        frames = min(k.shape[-2] // n, self.slots)
         idx = self.write_index(frames)
-        self.k[layer, :, :, idx] = k[:, :, -frames * n:]
-        self.v[layer, :, :, idx] = v[:, :, -frames * n:]
+        keys, values = (self.k, self.v) if layer is None else (self.k[layer], self.v[layer])
+        keys[..., idx, :] = k[..., -frames * n:, :]
+        values[..., idx, :] = v[..., -frames * n:, :]
 
     def commit(self, positions: torch.Tensor) -> None:
         """Advance the ring after every layer has written; ``positions (B, F)`` are the frames' indices."""

@@ -310,7 +310,6 @@ class OnnxStepper:
         self.session.run_with_iobinding(binding)
         if write:
             n = cache.tokens_per_frame
-            for layer in range(cache.depth):
-                cache.write(layer, out["new_k"][layer, :, :, :write * n], out["new_v"][layer, :, :, :write * n])
+            cache.write(None, out["new_k"][:, :, :, :write * n], out["new_v"][:, :, :, :write * n])
             cache.commit(positions[:, :write])
         return out["x0"].clone()
