@@ -87,9 +87,6 @@ class LAMConfig:
         decoder_differences: the decoder also sees the differences of consecutive past frames
             (the objects' velocities), so that motion the history already implies need not
             be carried by the code.
-        pool: without ``spatial_readout``, how the last feature map becomes one vector:
-            ``"mean"`` over the grid, or ``"max"`` (the strongest response anywhere, which a
-            small moving object does not have to share with the empty rest of the frame).
     """
 
     history: int = 2
@@ -101,12 +98,9 @@ class LAMConfig:
     spatial_readout: bool = True
     normalize_latent: bool = True
     decoder_differences: bool = False
-    pool: str = "mean"
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
-        if self.pool not in ("mean", "max"):
-            raise ValueError(f"LAMConfig.pool must be 'mean' or 'max', got {self.pool!r}")
         self.channels = tuple(self.channels)
         self.decoder_channels = tuple(self.decoder_channels) if self.decoder_channels else None
         check_positive(self, "history", "frame_size")

@@ -117,10 +117,7 @@ class LatentActionModel(nn.Module):
         if self.cfg.frame_differences:
             x = torch.cat([x, _differences(frames)], dim=1)
         h = self.encoder(x)
-        if self.cfg.spatial_readout:
-            h = h.flatten(1)
-        else:
-            h = h.mean(dim=(-2, -1)) if self.cfg.pool == "mean" else h.amax(dim=(-2, -1))
+        h = h.flatten(1) if self.cfg.spatial_readout else h.mean(dim=(-2, -1))
         return self.fsq(self.latent_norm(self.to_latent(h)))
 
     def decode(self, past: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
