@@ -35,7 +35,7 @@ from torch import nn
 
 from envs.games import get_game
 from envs.readout import paddle_y
-from recorders.dataset import EpisodeDataset
+from recorders.dataset import DatasetError, EpisodeDataset
 from training.evaluate import score_latent_actions
 from worldmodel.lam import FSQ
 
@@ -127,7 +127,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     names, group = get_game("pong").effective_action_groups()
-    sets = {"train": load(args.train, group), "heldout": load(args.heldout, group)}
+    try:
+        sets = {"train": load(args.train, group), "heldout": load(args.heldout, group)}
+    except DatasetError as err:
+        raise SystemExit(f"error: {err}\nrecord them first: python -m recorders game=pong episodes=70 policy=random "
+                         "max_repeat=1 max_steps=2000 workers=1 out=data/pong-iid; python -m recorders game=pong "
+                         "episodes=6 max_steps=1500 policy=mixed seed=100000 out=data/pong-heldout") from None
     for name, data in sets.items():
         # An up or down the paddle does not show: no motion in d_t nor in d_{t+1} (the action
         # moves the paddle over two transitions), e.g. held against a wall.
@@ -151,13 +156,13 @@ def main() -> None:
             sides = "two-sided" if two_sided else "past"
             torch.manual_seed(seed)
             lam = ReadoutLAM(two_sided)
-            train(lam, sets["train"], lambda f, a: lam.loss(f), args.steps, seed)
-            scores(f"LAM objective, {sides} encoder, seed {seed}", lambda f: lam.codes(f)[1].numpy())
+            train(lam, sets["train"], lambda f, a, m=lam: m.loss(f), args.steps, seed)
+            scores(f"LAM objective, {sides} encoder, seed {seed}", lambda f, m=lam: m.codes(f)[1].numpy())
             torch.manual_seed(seed)
             clf = Encoder(len(names), two_sided)
-            train(clf, sets["train"], lambda f, a: F.cross_entropy(clf(f[None])[0].T, a), args.steps, seed)
+            train(clf, sets["train"], lambda f, a, m=clf: F.cross_entropy(m(f[None])[0].T, a), args.steps, seed)
             # A classifier's prediction is its own "code": the 200-step dictionary maps it back.
-            scores(f"supervised, {sides} encoder, seed {seed}", lambda f: clf(f[None])[0].argmax(0).numpy())
+            scores(f"supervised, {sides} encoder, seed {seed}", lambda f, m=clf: m(f[None])[0].argmax(0).numpy())
 
 
 if __name__ == "__main__":
