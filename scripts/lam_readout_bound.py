@@ -9,8 +9,8 @@ in one dimension:
 - **LAM objective**: an encoder (1-D convolutions over the read-out, seeing ``x_{t-3..t+1}``,
   or with ``two-sided`` also ``x_{t+2..t+4}``) emits a code from a 3-level FSQ
   (``worldmodel.lam.FSQ``, batch-normalised input, as the shipped LAM); a decoder predicts the
-  displacement ``d_t`` of ``x_t -> x_{t+1}`` from the three displacements before it and the
-  code, never from ``d_t`` itself. No action labels are used. The codes are then scored by
+  displacement ``d_t`` of ``x_t -> x_{t+1}`` from the read-out of the three transitions before
+  it (displacement, visibility, position) and the code, never from ``d_t`` itself. No action labels are used. The codes are then scored by
   ``training.evaluate.score_latent_actions`` (Genie's recipe: a code -> action dictionary
   fitted on 200 labelled steps).
 - **Supervised**: the same encoder trained with the true effective actions (cross-entropy),
@@ -45,11 +45,14 @@ CLIP = 64            # transitions per training clip
 
 def load(path: str, group: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per episode: read-out ``(3, T)`` float32 (displacement / 4, visible, position scaled to
-    [-1, 1]) and effective actions ``(T,)`` int64, where ``T`` is the episode's transitions."""
+    [-1, 1]) and effective actions ``(T,)`` int64, where ``T`` is the episode's transitions
+    (episodes shorter than a training clip are left out)."""
     out = []
     ds = EpisodeDataset(path)
     for i in range(len(ds)):
         e = ds[i]
+        if len(e.actions) <= CLIP:
+            continue
         y = paddle_y(e.frames)
         d = np.diff(y)
         feats = np.stack([np.nan_to_num(d) / 4, np.isfinite(d), np.nan_to_num(y[:-1], nan=32) / 32 - 1])
@@ -134,13 +137,14 @@ def main() -> None:
                          "max_repeat=1 max_steps=2000 workers=1 out=data/pong-iid; python -m recorders game=pong "
                          "episodes=6 max_steps=1500 policy=mixed seed=100000 out=data/pong-heldout") from None
     for name, data in sets.items():
-        # An up or down the paddle does not show: no motion in d_t nor in d_{t+1} (the action
-        # moves the paddle over two transitions), e.g. held against a wall.
-        hidden = sum(int(((a != 0) & (f[0].abs() < 0.5 / 4) & F.pad(f[0, 1:].abs() < 0.5 / 4, (0, 1), value=True))
-                         .sum()) for f, a in data)
+        # An up or down the paddle does not show: the paddle is seen in both transitions and moves
+        # in neither d_t nor d_{t+1} (the action moves it over two transitions), e.g. held
+        # against a wall.
+        still = [(f[0].abs() < 0.5 / 4) & (f[1] > 0) for f, _ in data]
+        hidden = sum(int(((a != 0) & s & F.pad(s[1:], (0, 1), value=True)).sum()) for s, (_, a) in zip(still, data))
         steps = sum(len(a) for _, a in data)
-        print(f"{name}: {steps} transitions; an up or down without paddle motion in this transition or the next: "
-              f"{hidden / steps:.1%}", flush=True)
+        print(f"{name}: {steps} transitions; an up or down with the paddle seen but still in this transition and "
+              f"the next: {hidden / steps:.1%}", flush=True)
 
     def scores(label, predict) -> None:
         for name, data in sets.items():

@@ -388,3 +388,28 @@ def test_shipped_pong_dreams_alike_in_bfloat16_and_float32():
         frames[precision] = np.stack([sim.step(a)[0] for a in actions])
     same = (frames["float32"] == frames["bfloat16"]).all(-1).mean()
     assert same >= 0.99, same
+
+
+def test_writing_every_layer_at_once_matches_writing_each_layer():
+    """``write(None, ...)`` (the onnx backend's one copy) stores what per-layer writes store, as
+    the ring wraps with passes of 1 to 3 frames; keys of the wrong rank are refused."""
+    shape = {"depth": 3, "batch": 2, "heads": 2, "slots": 4, "tokens_per_frame": 5, "head_dim": 4}
+    whole, layered = KVCache(**shape), KVCache(**shape)
+    gen = torch.Generator().manual_seed(0)
+    position = 0
+    for frames in (1, 2, 3, 1, 3, 2, 1):
+        k, v = (torch.randn(3, 2, 2, frames * 5, 4, generator=gen) for _ in range(2))
+        positions = torch.arange(position, position + frames).expand(2, -1)
+        whole.write(None, k, v)
+        for layer in range(3):
+            layered.write(layer, k[layer], v[layer])
+        for cache in (whole, layered):
+            cache.commit(positions)
+        position += frames
+        assert torch.equal(whole.k, layered.k) and torch.equal(whole.v, layered.v)
+        assert torch.equal(whole.frame_pos, layered.frame_pos)
+    assert sorted(whole.frame_pos[0].tolist()) == list(range(position - 4, position))
+    with pytest.raises(ValueError, match="5-D"):
+        whole.write(None, k[0], v[0])
+    with pytest.raises(ValueError, match="4-D"):
+        whole.write(0, k, v)

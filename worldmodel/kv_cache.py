@@ -39,6 +39,7 @@ class KVCache:
         self.k, self.v = self._k[:, :, :, :ring], self._v[:, :, :, :ring]
         self.frame_pos = torch.full((batch, slots), -1, dtype=torch.long, device=device)
         self.next_slot = 0
+        self._slots: dict[tuple[int, int], torch.Tensor] = {}        # by (next_slot, frames)
         self._write_index: dict[tuple[int, int], torch.Tensor] = {}
 
     def clear(self, env_mask: torch.Tensor | None = None) -> None:
@@ -64,20 +65,36 @@ class KVCache:
         self._v[layer, :, :, ring:end] = v
         return self._k[layer, :, :, :end], self._v[layer, :, :, :end]
 
+    def _ring_slots(self, frames: int) -> torch.Tensor:
+        """``(frames,)`` slots the next ``frames`` frames (at most ``slots``) go to, on the cache's
+        device; built once per ring position and frame count (every layer of every pass asks)."""
+        key = (self.next_slot, frames)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = ((self.next_slot + torch.arange(frames)) % self.slots).to(self.k.device)
+        return slot
+
     def write_index(self, frames: int) -> torch.Tensor:
-        """Token indices the next ``frames`` frames (at most ``slots``) are written to (built once
-        per ring position and frame count, then reused: every layer of every pass asks)."""
+        """Token indices the next ``frames`` frames (at most ``slots``) are written to."""
         key = (self.next_slot, frames)
         idx = self._write_index.get(key)
         if idx is None:
-            slot = (self.next_slot + torch.arange(frames)) % self.slots
             n = self.tokens_per_frame
-            idx = self._write_index[key] = (slot[:, None] * n + torch.arange(n)[None, :]).reshape(-1).to(self.k.device)
+            tokens = torch.arange(n, device=self.k.device)
+            idx = self._write_index[key] = (self._ring_slots(frames)[:, None] * n + tokens).reshape(-1)
         return idx
 
     def write(self, layer: int | None, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the keys/values ``(B, H, F*N, Dh)`` of ``F`` frames (the last ``slots`` of them if
-        more) for ``layer``, or ``(depth, B, H, F*N, Dh)`` for every layer at once (``layer=None``)."""
+        more) for ``layer``, or ``(depth, B, H, F*N, Dh)`` for every layer at once (``layer=None``).
+
+        Raises:
+            ValueError: ``k`` or ``v`` without the 4 (one layer) or 5 (every layer) dimensions.
+        """
+        dims = 5 if layer is None else 4
+        if k.dim() != dims or v.dim() != dims:
+            raise ValueError(f"KVCache.write(layer={layer}) takes {dims}-D keys and values, got {tuple(k.shape)} "
+                             f"and {tuple(v.shape)}")
         n = self.tokens_per_frame
         frames = min(k.shape[-2] // n, self.slots)
         idx = self.write_index(frames)
@@ -88,8 +105,7 @@ class KVCache:
     def commit(self, positions: torch.Tensor) -> None:
         """Advance the ring after every layer has written; ``positions (B, F)`` are the frames' indices."""
         frames = min(positions.shape[1], self.slots)
-        slot = (self.next_slot + torch.arange(frames)) % self.slots
-        self.frame_pos[:, slot.to(self.frame_pos.device)] = positions[:, -frames:]
+        self.frame_pos[:, self._ring_slots(frames)] = positions[:, -frames:]
         self.next_slot = int((self.next_slot + frames) % self.slots)
 
     def last_position(self) -> torch.Tensor:

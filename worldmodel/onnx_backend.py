@@ -222,7 +222,8 @@ def onnx_available(device: torch.device) -> bool:
 
 AUTO_ONNX_MAX_BATCH = 8
 """On a CPU without AMX, ``backend="auto"`` runs onnx up to this batch size: there it measured
-faster than torch at batch 1 and about as fast at batch 8, slower at batch 64 (README)."""
+faster than torch at batch 1; at batch 8 as fast on a CPU without bfloat16 and 7% slower on one
+with AVX512-BF16; slower at batch 64 (README)."""
 
 
 def auto_prefers_onnx(device: torch.device, batch_size: int, precision: str = "auto") -> bool:
