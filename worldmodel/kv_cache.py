@@ -39,8 +39,7 @@ class KVCache:
         self.k, self.v = self._k[:, :, :, :ring], self._v[:, :, :, :ring]
         self.frame_pos = torch.full((batch, slots), -1, dtype=torch.long, device=device)
         self.next_slot = 0
-        self._slots: dict[tuple[int, int], torch.Tensor] = {}        # by (next_slot, frames)
-        self._write_index: dict[tuple[int, int], torch.Tensor] = {}
+        self._indices: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}   # by (next_slot, frames)
 
     def clear(self, env_mask: torch.Tensor | None = None) -> None:
         """Forget every frame (or only those of the envs where ``env_mask (B,) bool`` is set)."""
@@ -65,24 +64,22 @@ class KVCache:
         self._v[layer, :, :, ring:end] = v
         return self._k[layer, :, :, :end], self._v[layer, :, :, :end]
 
-    def _ring_slots(self, frames: int) -> torch.Tensor:
-        """``(frames,)`` slots the next ``frames`` frames (at most ``slots``) go to, on the cache's
-        device; built once per ring position and frame count (every layer of every pass asks)."""
+    def _ring_indices(self, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slots ``(frames,)`` the next ``frames`` frames (at most ``slots``) go to and their
+        token indices ``(frames * N,)``, on the cache's device; built once per ring position and
+        frame count (every layer of every pass asks)."""
         key = (self.next_slot, frames)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = ((self.next_slot + torch.arange(frames)) % self.slots).to(self.k.device)
-        return slot
+        found = self._indices.get(key)
+        if found is None:
+            slot = ((self.next_slot + torch.arange(frames)) % self.slots).to(self.k.device)
+            n = self.tokens_per_frame
+            tokens = (slot[:, None] * n + torch.arange(n, device=self.k.device)).reshape(-1)
+            found = self._indices[key] = (slot, tokens)
+        return found
 
     def write_index(self, frames: int) -> torch.Tensor:
         """Token indices the next ``frames`` frames (at most ``slots``) are written to."""
-        key = (self.next_slot, frames)
-        idx = self._write_index.get(key)
-        if idx is None:
-            n = self.tokens_per_frame
-            tokens = torch.arange(n, device=self.k.device)
-            idx = self._write_index[key] = (self._ring_slots(frames)[:, None] * n + tokens).reshape(-1)
-        return idx
+        return self._ring_indices(frames)[1]
 
     def write(self, layer: int | None, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the keys/values ``(B, H, F*N, Dh)`` of ``F`` frames (the last ``slots`` of them if
@@ -105,7 +102,7 @@ class KVCache:
     def commit(self, positions: torch.Tensor) -> None:
         """Advance the ring after every layer has written; ``positions (B, F)`` are the frames' indices."""
         frames = min(positions.shape[1], self.slots)
-        self.frame_pos[:, self._ring_slots(frames)] = positions[:, -frames:]
+        self.frame_pos[:, self._ring_indices(frames)[0]] = positions[:, -frames:]
         self.next_slot = int((self.next_slot + frames) % self.slots)
 
     def last_position(self) -> torch.Tensor:
