@@ -96,6 +96,32 @@ def test_an_untrained_palette_model_copies_the_previous_frame():
     assert torch.equal(scores.argmax(-1), model.palette_targets(frames))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_colour_choice_equals_the_argmax_of_the_biased_scores(dtype):
+    """The CPU path scores in full only pixels whose previous colour does not win outright; its
+    colours must equal the argmax of the scores with the copy bias added, ties included."""
+    model = _model().eval()
+    model.copy_bias.data.fill_(1.0)
+    tok = build_tokenizer(TokenizerConfig(kind="patch", frame_size=8, patch_size=4))
+    previous = tok.encode(frames_to_tensor(torch.as_tensor(_frames(np.random.default_rng(1), 2))[None]))
+    # Whole-number scores 0-3: many pixels where the previous colour plus the bias ties the best.
+    head = torch.randint(0, 4, (1, 2, 4, 16 * len(PALETTE)), generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        out = model._palette_output(head, previous, logits=False, dtype=torch.float32)
+        scores = model._palette_output(head, previous, logits=True, dtype=torch.float32)
+    expected = model.palette[scores.argmax(-1)].flatten(-2)
+    kept = (scores.argmax(-1) == model.palette_targets(previous)).float().mean()
+    assert 0.2 < kept < 0.95                      # both paths of the CPU rule are taken
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 7, 32])
+def test_max_last_is_the_maximum_over_the_last_axis(k):
+    from worldmodel.dynamics import _max_last
+    x = torch.randn(3, 4, k, generator=torch.Generator().manual_seed(k)).bfloat16()
+    assert torch.equal(_max_last(x), x.amax(-1))
+
+
 def test_set_palette_names_a_wrong_shape():
     with pytest.raises(ValueError, match=r"\(4, 3\) colours.*\(5, 3\)"):
         _model().set_palette(np.zeros((5, 3), np.uint8))

@@ -394,14 +394,41 @@ class DynamicsModel(nn.Module):
                         dtype: torch.dtype) -> torch.Tensor:
         """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens
         (``dtype``) of the argmax colours."""
-        scores = head.float().unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
-        if self.cfg.prev_skip and skip_tokens is not None:
-            previous = self.palette_targets(skip_tokens).expand(*scores.shape[:-1])     # (B, F, N, P)
-            bias = self.copy_bias.to(scores.dtype).expand(*previous.shape, 1)
-            scores = scores.scatter_add(-1, previous[..., None], bias)
-        if logits:
-            return scores
-        return self.palette[scores.argmax(-1)].flatten(-2).to(dtype)                 # (B, F, N, P*3)
+        scores = head.unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
+        if not (self.cfg.prev_skip and skip_tokens is not None):
+            scores = scores.float()
+            return scores if logits else self.palette[scores.argmax(-1)].flatten(-2).to(dtype)
+        previous = self.palette_targets(skip_tokens).expand(*scores.shape[:-1])         # (B, F, N, P)
+        if logits or torch.compiler.is_compiling() or head.device.type != "cpu":
+            scores = self._add_copy_bias(scores.float(), previous)
+            return scores if logits else self.palette[scores.argmax(-1)].flatten(-2).to(dtype)
+        # On a CPU, most pixels keep their colour: a pixel whose previous colour, with the copy
+        # bias, beats the best raw score keeps it, and only the others are scored in full, in
+        # float32 as above (the same colours, ties included). The scores stay in the head's
+        # dtype until then: a bfloat16 head's float copy and its scatter took 3/4 of this
+        # function's time at batch 64.
+        best = _max_last(scores).float()                                                  # (B, F, N, P)
+        kept = scores.gather(-1, previous[..., None])[..., 0].float() + self.copy_bias.float()
+        colours = previous.clone()
+        rescore = (kept <= best).nonzero(as_tuple=True)
+        if rescore[0].numel():
+            colours[rescore] = self._add_copy_bias(scores[rescore].float(), previous[rescore]).argmax(-1)
+        return self.palette[colours].flatten(-2).to(dtype)                              # (B, F, N, P*3)
+
+    def _add_copy_bias(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Colour scores ``(..., K)`` float with the copy bias added at each pixel's ``previous (...)`` colour."""
+        bias = self.copy_bias.to(scores.dtype).expand(*previous.shape, 1)
+        return scores.scatter_add(-1, previous[..., None], bias)
+
+
+def _max_last(x: torch.Tensor) -> torch.Tensor:
+    """``x (..., K)`` -> its maximum over the last axis, by halving with element-wise maxima
+    (the halves overlap by one where ``K`` is odd), which a CPU vectorises where ``amax`` over a
+    short bfloat16 axis does not (4.1 against 5.9 ms on a ``(4096, 64, 32)`` tensor)."""
+    while (k := x.shape[-1]) > 1:
+        half = (k + 1) // 2
+        x = torch.maximum(x[..., :half], x[..., k - half:])
+    return x[..., 0]
 
 
 def _drop_legacy_heads(state_dict, prefix, *args) -> None:
