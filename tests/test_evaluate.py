@@ -14,8 +14,10 @@ from training.evaluate import (
     checks_real_play_fails,
     colour_histogram,
     count_onsets,
+    ensure_heldout,
     evaluate,
     failed_any,
+    heldout_path,
     position_error,
     reward_model_quality,
     rollout_curves,
@@ -185,6 +187,21 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert set(on_disk["reward_model"]) == {"reward", "end"}
     for name in ("drift.png", "long_run.png", "real_vs_dream.gif", "curves.npz"):
         assert (out / name).stat().st_size > 0
+
+
+def test_the_shipped_games_are_evaluated_on_the_shipped_held_out_sets(tmp_path, monkeypatch):
+    """Pong and Breakout default to the sets in the package (the README's figures are measured on
+    them), loaded without recording; another game, or an explicit ``heldout``, is used as named."""
+    from training.evaluate import SHIPPED_HELDOUT
+
+    monkeypatch.chdir(tmp_path)              # nothing under data/ here: loading must not record
+    for game, transitions in (("pong", 4699), ("breakout", 1906)):
+        assert heldout_path(EvalConfig(), game) == SHIPPED_HELDOUT / game
+        episodes = ensure_heldout(EvalConfig(), game)
+        assert len(episodes) == 6 and sum(len(e.actions) for e in episodes) == transitions
+    assert not (tmp_path / "data").exists()
+    assert str(heldout_path(EvalConfig(), "freeway")) == "data/freeway-eval"
+    assert str(heldout_path(EvalConfig(heldout="mine"), "pong")) == "mine"
 
 
 def test_eval_config_rejects_bad_values():

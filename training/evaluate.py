@@ -636,7 +636,8 @@ class EvalConfig:
 
     Attributes:
         checkpoint: a shipped name (``pong``) or a bundle directory.
-        heldout: held-out dataset; recorded if missing (default ``data/<game>-eval``).
+        heldout: held-out dataset; recorded if missing (default: the set shipped for the game
+            in ``training/heldout/<game>``, Pong and Breakout, else ``data/<game>-eval``).
         record_episodes: episodes recorded when ``heldout`` is missing: random play with
             actions held up to 16 steps and seeds from 200,000, a policy and seeds the
             training sets do not use.
@@ -702,12 +703,28 @@ def _simulator_choice(model: ModelBundle, sim_options: dict, batch_sizes: tuple[
             "precision": {b: resolve_precision(sim_options["precision"], device, k) for b, k in backends.items()}}
 
 
+SHIPPED_HELDOUT = Path(__file__).parent / "heldout"
+"""Held-out sets shipped with the package, one directory per game: the shipped checkpoints'
+figures are measured on them. Recording the same episodes again need not give the same frames
+under other versions of ale-py or Gymnasium (the set recorded in session 17 differed from the
+one before), so the figures in the README stay reproducible only on a fixed set."""
+
+
+def heldout_path(cfg: EvalConfig, game: str) -> Path:
+    """Where the evaluation's held-out episodes are: ``cfg.heldout``, else the set shipped for
+    ``game`` (:data:`SHIPPED_HELDOUT`), else ``data/<game>-eval``."""
+    if cfg.heldout:
+        return Path(cfg.heldout)
+    shipped = SHIPPED_HELDOUT / game
+    return shipped if (shipped / "metadata.json").exists() else Path(f"data/{game}-eval")
+
+
 def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:
     """Load the evaluation's held-out episodes, recording them first if the directory is missing."""
     from recorders.collect import RecordConfig, record
     from recorders.dataset import EpisodeDataset
 
-    path = Path(cfg.heldout or f"data/{game}-eval")
+    path = heldout_path(cfg, game)
     if not (path / "metadata.json").exists():
         print(f"recording {cfg.record_episodes} held-out {game} episodes into {path}")
         record(RecordConfig(game=game, out=str(path), episodes=cfg.record_episodes, max_steps=3000, policy="random",
@@ -740,7 +757,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
                     "simulator": _simulator_choice(model, sim_options, (cfg.long_run_dreams, cfg.video_windows,
                                                                         PADDLE_STARTS, cfg.windows)),
-                    "heldout": {"episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
+                    "heldout": {"path": str(heldout_path(cfg, model.game)), "episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
 
     def stage(name: str) -> None:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", flush=True)
