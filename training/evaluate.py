@@ -705,9 +705,8 @@ def _simulator_choice(model: ModelBundle, sim_options: dict, batch_sizes: tuple[
 
 SHIPPED_HELDOUT = Path(__file__).parent / "heldout"
 """Held-out sets shipped with the package, one directory per game: the shipped checkpoints'
-figures are measured on them. Recording the same episodes again need not give the same frames
-under other versions of ale-py or Gymnasium (the set recorded in session 17 differed from the
-one before), so the figures in the README stay reproducible only on a fixed set."""
+figures are measured on them, so they do not depend on the versions of ale-py, Gymnasium or
+NumPy that would record the set again (``training/heldout/README.md``)."""
 
 
 def heldout_path(cfg: EvalConfig, game: str) -> Path:
