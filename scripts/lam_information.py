@@ -11,7 +11,7 @@ previous action is known (a code that names the action relative to the previous 
 
     python scripts/lam_information.py pong                        # a bundle's LAM
     python scripts/lam_information.py runs/lamx-iid3-pool         # a pipeline run's lam snapshot
-    python scripts/lam_information.py pong --heldout data/pong-eval
+    python scripts/lam_information.py pong --heldout training/heldout/pong
 """
 
 from __future__ import annotations

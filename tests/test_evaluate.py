@@ -190,8 +190,8 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
 
 
 def test_the_shipped_games_are_evaluated_on_the_shipped_held_out_sets(tmp_path, monkeypatch):
-    """Pong and Breakout default to the sets in the package (the README's figures are measured on
-    them), loaded without recording; another game, or an explicit ``heldout``, is used as named."""
+    """Pong and Breakout default to the sets in the package, loaded without recording; another
+    game, or an explicit ``heldout``, is used as named."""
     from training.evaluate import SHIPPED_HELDOUT
 
     monkeypatch.chdir(tmp_path)              # nothing under data/ here: loading must not record

@@ -97,21 +97,27 @@ def test_an_untrained_palette_model_copies_the_previous_frame():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_cpu_colour_choice_equals_the_argmax_of_the_biased_scores(dtype):
+@pytest.mark.parametrize("whole", [True, False])
+def test_the_cpu_colour_choice_equals_the_argmax_of_the_biased_scores(dtype, whole):
     """The CPU path scores in full only pixels whose previous colour does not win outright; its
-    colours must equal the argmax of the scores with the copy bias added, ties included."""
+    colours must equal the argmax of the float32 scores with the copy bias added, ties included
+    (whole-number scores and bias: many ties; scores on a grid of 1/8 with a bias of 0.37, which
+    bfloat16 rounds to 0.369: sums that bfloat16 would round onto another colour's score)."""
     model = _model().eval()
-    model.copy_bias.data.fill_(1.0)
+    bias = 1.0 if whole else 0.37
+    model.copy_bias.data.fill_(bias)
     tok = build_tokenizer(TokenizerConfig(kind="patch", frame_size=8, patch_size=4))
     previous = tok.encode(frames_to_tensor(torch.as_tensor(_frames(np.random.default_rng(1), 2))[None]))
-    # Whole-number scores 0-3: many pixels where the previous colour plus the bias ties the best.
-    head = torch.randint(0, 4, (1, 2, 4, 16 * len(PALETTE)), generator=torch.Generator().manual_seed(0)).to(dtype)
+    shape, gen = (1, 2, 4, 16 * len(PALETTE)), torch.Generator().manual_seed(0)
+    head = torch.randint(0, 4, shape, generator=gen) if whole else torch.randint(0, 32, shape, generator=gen) / 8
+    head = head.to(dtype)
     with torch.no_grad():
         out = model._palette_output(head, previous, logits=False, dtype=torch.float32)
         scores = model._palette_output(head, previous, logits=True, dtype=torch.float32)
     expected = model.palette[scores.argmax(-1)].flatten(-2)
-    kept = (scores.argmax(-1) == model.palette_targets(previous)).float().mean()
-    assert 0.2 < kept < 0.95                      # both paths of the CPU rule are taken
+    raw = head.float().unflatten(-1, (16, len(PALETTE)))
+    fast = raw.gather(-1, model.palette_targets(previous)[..., None])[..., 0] + bias > raw.amax(-1)
+    assert 0.2 < fast.float().mean() < 0.95       # both paths of the CPU rule are taken
     assert torch.equal(out, expected)
 
 

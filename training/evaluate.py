@@ -718,6 +718,13 @@ def heldout_path(cfg: EvalConfig, game: str) -> Path:
     return shipped if (shipped / "metadata.json").exists() else Path(f"data/{game}-eval")
 
 
+def _shown_path(path: Path) -> str:
+    """A shipped held-out set as ``training/heldout/<game>``; any other path as given."""
+    if path.is_relative_to(SHIPPED_HELDOUT):
+        return str(Path("training/heldout") / path.relative_to(SHIPPED_HELDOUT))
+    return str(path)
+
+
 def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:
     """Load the evaluation's held-out episodes, recording them first if the directory is missing."""
     from recorders.collect import RecordConfig, record
@@ -756,7 +763,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
                     "simulator": _simulator_choice(model, sim_options, (cfg.long_run_dreams, cfg.video_windows,
                                                                         PADDLE_STARTS, cfg.windows)),
-                    "heldout": {"path": str(heldout_path(cfg, model.game)), "episodes": len(episodes), "transitions": int(sum(len(e.actions) for e in episodes))}}
+                    "heldout": {"path": _shown_path(heldout_path(cfg, model.game)), "episodes": len(episodes),
+                                "transitions": int(sum(len(e.actions) for e in episodes))}}
 
     def stage(name: str) -> None:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", flush=True)

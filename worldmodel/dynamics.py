@@ -410,7 +410,7 @@ class DynamicsModel(nn.Module):
         best = _max_last(scores).float()                                                  # (B, F, N, P)
         kept = scores.gather(-1, previous[..., None])[..., 0].float() + self.copy_bias.float()
         colours = previous.clone()
-        rescore = (kept <= best).nonzero(as_tuple=True)
+        rescore = (~(kept > best)).nonzero(as_tuple=True)        # ties and NaN scores too, as the argmax treats them
         if rescore[0].numel():
             colours[rescore] = self._add_copy_bias(scores[rescore].float(), previous[rescore]).argmax(-1)
         return self.palette[colours].flatten(-2).to(dtype)                              # (B, F, N, P*3)
