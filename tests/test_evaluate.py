@@ -18,6 +18,7 @@ from training.evaluate import (
     evaluate,
     failed_any,
     heldout_path,
+    long_run,
     position_error,
     reward_model_quality,
     rollout_curves,
@@ -165,6 +166,26 @@ def test_long_run_counts_a_run_of_end_flags_as_one_game_end():
     assert count_onsets(np.zeros((0, 2), bool)) == 0
 
 
+def test_long_run_keeps_the_frames_that_led_to_each_breakdown(tiny_bundle, pong_dataset):
+    """One example per run of frames broken beyond real play (first dream), up to the cap,
+    its last frame the broken one: it fails every check the example names."""
+    episodes = ensure_heldout(EvalConfig(heldout=str(pong_dataset)), "pong")
+    examples: list = []
+    summary, series = long_run(tiny_bundle, episodes, steps=12, progress=False, examples=examples, lead=3,
+                               sim_options={"backend": "torch"})
+    broken = series["broken_beyond_real"] > 0
+    assert broken.any(), "an untrained model should break frames"
+    assert len(examples) == min(6, count_onsets(broken[:, None]))
+    real = np.concatenate([e.frames for e in episodes])
+    for e in examples:
+        assert broken[e["step"]] and (e["step"] == 0 or not broken[e["step"] - 1])
+        assert e["frames"].dtype == np.uint8 and e["frames"].shape[1:] == (64, 64, 3)
+        assert len(e["frames"]) == min(3, e["step"] + 1)
+        checks = screen_checks(e["frames"][-1], "pong", saturated_limit=saturated_limit_of(real))
+        assert e["failed"] and all(checks[c] for c in e["failed"])
+        assert not set(e["failed"]) & set(summary["checks_real_play_fails"])
+
+
 def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_dataset, tmp_path):
     tiny_bundle.save(tmp_path / "bundle")
     out = tmp_path / "eval"
@@ -187,6 +208,8 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert set(on_disk["reward_model"]) == {"reward", "end"}
     for name in ("drift.png", "long_run.png", "real_vs_dream.gif", "curves.npz"):
         assert (out / name).stat().st_size > 0
+    assert [b["step"] for b in on_disk["long_run"]["breakdowns"]] == sorted(b["step"] for b in on_disk["long_run"]["breakdowns"])
+    assert (out / "breakdowns.png").exists() == bool(on_disk["long_run"]["breakdowns"])
 
 
 def test_the_shipped_games_are_evaluated_on_the_shipped_held_out_sets(tmp_path, monkeypatch):

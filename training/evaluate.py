@@ -5,8 +5,9 @@ Run it with Hydra (see ``training/conf/evaluate.yaml``)::
     python -m training.evaluate checkpoint=pong                      # the shipped Pong model
     python -m training.evaluate checkpoint=runs/pong-cpu/bundle long_run_steps=1000
 
-It writes ``report.json``, ``drift.png``, ``long_run.png`` and ``real_vs_dream.gif`` into
-``out``. The figures:
+It writes ``report.json``, ``drift.png``, ``long_run.png``, ``real_vs_dream.gif`` and, when
+free play broke a frame beyond real play, ``breakdowns.png`` (the first breakdowns, each
+with the frames that led to it) into ``out``. The figures:
 
 - **Teacher-forced rollouts**: prime with real frames, generate with the real recorded
   actions, compare with the real frames at horizons 1, 4, 16, 64: PSNR and SSIM on whole
@@ -529,7 +530,8 @@ def score_latent_actions(codes: np.ndarray, truth: np.ndarray, names: list[str],
 
 
 def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000, dreams: int = 1, seed: int = 0,
-             max_repeat: int = 8, progress: bool = True, sim_options: dict | None = None) -> tuple[dict, dict]:
+             max_repeat: int = 8, progress: bool = True, sim_options: dict | None = None,
+             examples: list | None = None, max_examples: int = 6, lead: int = 4) -> tuple[dict, dict]:
     """Free play for ``steps`` steps with random held actions, from the bundle's first start windows.
 
     Returns:
@@ -542,7 +544,15 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         failed that real held-out frames fail in under 1% of cases; the others are listed in
         the summary's ``checks_real_play_fails``), ``fails_<check>`` per check and, for a
         game with a read-out, ``ball_visible``.
+
+    Args:
+        examples: if given, a list that receives up to ``max_examples`` breakdowns of the
+            first dream, one per run of frames broken beyond real play: ``{"step": int,
+            "failed": [check, ...], "frames": (lead, H, W, 3) uint8}``, the broken frame last
+            and the ``lead - 1`` frames before it first (see :func:`training.plots.plot_breakdowns`).
     """
+    from collections import deque
+
     from tqdm import tqdm
 
     from recorders.policies import RandomRepeatPolicy
@@ -572,12 +582,23 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     policy = RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
     series: dict[str, list] = {}
     rewards, ends = 0, []
-    for _ in tqdm(range(steps), desc="long run", unit="step", disable=not progress, mininterval=2):
+    recent: deque = deque(maxlen=lead)                     # the first dream's last frames
+    was_broken = False
+    for t in tqdm(range(steps), desc="long run", unit="step", disable=not progress, mininterval=2):
         frames, r, end = sim.step(policy(None))
         rewards = rewards + int((r != 0).sum())
         ends.append(end)
-        for k, v in measures(frames).items():
+        m = measures(frames)
+        for k, v in m.items():
             series.setdefault(k, []).append(float(v.mean()))
+        if examples is not None:
+            recent.append(frames[0])
+            broken = bool(m["broken_beyond_real"][0])
+            if broken and not was_broken and len(examples) < max_examples:
+                failed = [k.removeprefix("fails_") for k, v in m.items() if k.startswith("fails_") and v[0]]
+                failed = [c for c in failed if c not in hidden_in_real]
+                examples.append({"step": t, "failed": failed, "frames": np.stack(recent)})
+            was_broken = broken
     real_steps = sum(len(e.actions) for e in episodes)
     per_k = lambda n, total: 1000.0 * n / total  # noqa: E731
     arrays = {k: np.asarray(v) for k, v in series.items()}
@@ -642,7 +663,9 @@ class EvalConfig:
             actions held up to 16 steps and seeds from 200,000, a policy and seeds the
             training sets do not use.
         out: report directory (default ``runs/eval-<game>``).
-        windows: teacher-forced windows.
+        windows: teacher-forced windows (also the ΔPSNR windows). 128 by default: a ball
+            seen in only one of the two frames counts as a 90.5 px miss, and with 32 windows
+            a few such misses moved the ball's median error by many pixels.
         horizons: horizons reported in the table (the curves go up to the largest).
         control_horizons: ΔPSNR horizons.
         long_run_steps: free-play steps (0 skips the long run).
@@ -662,7 +685,7 @@ class EvalConfig:
     heldout: str | None = None
     record_episodes: int = 6
     out: str | None = None
-    windows: int = 32
+    windows: int = 128
     horizons: tuple[int, ...] = (1, 4, 16, 64)
     control_horizons: tuple[int, ...] = (1, 4)
     long_run_steps: int = 10_000
@@ -786,18 +809,22 @@ def evaluate(cfg: EvalConfig) -> dict:
         report["latent_actions"] = latent_action_quality(model, episodes, seed=cfg.seed)
     stage("reward and end model")
     report["reward_model"] = reward_model_quality(model, episodes)
-    series = None
+    series, breakdowns = None, []
     if cfg.long_run_steps:
         stage(f"long run ({cfg.long_run_steps} steps)")
         report["long_run"], series = long_run(model, episodes, steps=cfg.long_run_steps, dreams=cfg.long_run_dreams,
-                                              seed=cfg.seed, progress=cfg.progress, sim_options=sim_options)
+                                              seed=cfg.seed, progress=cfg.progress, sim_options=sim_options,
+                                              examples=breakdowns)
+        report["long_run"]["breakdowns"] = [{k: e[k] for k in ("step", "failed")} for e in breakdowns]
     stage("plots and video")
-    from training.plots import plot_drift, plot_long_run
+    from training.plots import plot_breakdowns, plot_drift, plot_long_run
 
     report["files"] = {"drift_plot": str(plot_drift(curves, out / "drift.png", title=f"{model.game}: {cfg.checkpoint}"))}
     if series is not None:
         report["files"]["long_run_plot"] = str(plot_long_run(series, report["long_run"]["real_mean"],
                                                              out / "long_run.png"))
+    if breakdowns:
+        report["files"]["breakdowns"] = str(plot_breakdowns(breakdowns, out / "breakdowns.png"))
     horizon = min(32, min(len(e.frames) for e in episodes) - model.dynamics_config.context_frames)
     if horizon >= 1:
         report["files"]["video"] = str(write_video(model, episodes, out / "real_vs_dream.gif", horizon=horizon,

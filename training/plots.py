@@ -73,3 +73,35 @@ def plot_long_run(series: dict[str, np.ndarray], real: dict[str, float], path: s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_breakdowns(examples: list[dict], path: str | Path, *, scale: int = 4) -> Path:
+    """The long run's first breakdowns, one row each: the frames that led to a frame broken
+    beyond real play, the broken one last, titled with its step and the checks it failed.
+
+    Args:
+        examples: ``[{"step": int, "failed": [str], "frames": (k, H, W, 3) uint8}]`` from
+            :func:`training.evaluate.long_run`.
+        path: PNG to write.
+        scale: pixels drawn per frame pixel (nearest neighbour).
+    """
+    plt = _pyplot()
+    cols = max(len(e["frames"]) for e in examples)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(1.6 * cols * scale / 4, 1.75 * len(examples) * scale / 4),
+                             squeeze=False)
+    for row, e in zip(axes, examples):
+        k = len(e["frames"])
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            i = j - (cols - k)                         # right-aligned: the broken frame in the last column
+            if i < 0:
+                continue
+            ax.imshow(e["frames"][i], interpolation="nearest")
+            ago = k - 1 - i
+            ax.set_title(f"step {e['step']}: " + ", ".join(e["failed"]) if ago == 0 else f"{ago} before",
+                         fontsize=6 if ago == 0 else 7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
