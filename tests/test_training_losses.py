@@ -44,11 +44,11 @@ def setup():
     return episode, tokenizer, answer, answer_frame
 
 
-def _loss(episode, tokenizer, dyn, probability, seed=0, stale=0.0):
+def _loss(episode, tokenizer, dyn, probability, seed=0, stale=0.0, passes=1):
     sampler = WindowSampler([episode], FRAMES, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = dynamics_loss_fn(sampler, 2, torch.device("cpu"), tokenizer, moving_weight=0.0, generator=gen,
-                               scheduled_sampling=probability, stale_pixels=stale)
+                               scheduled_sampling=probability, scheduled_sampling_passes=passes, stale_pixels=stale)
     return loss_fn(dyn), sampler
 
 
@@ -87,6 +87,34 @@ def test_scheduled_sampling_swaps_in_the_models_own_rounded_frames(setup):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
     assert dyn.scale.grad is not None
+
+
+def test_a_second_scheduled_sampling_pass_predicts_from_the_models_own_frames(setup):
+    episode, tokenizer, answer, answer_frame = setup
+    dyn = SpyDynamics(answer)
+    (loss, _), _ = _loss(episode, tokenizer, dyn, 1.0, passes=2)
+    first, second, third = dyn.calls
+    assert not first["grad"] and not second["grad"] and third["grad"]
+    real = tokenizer.encode(frames_to_tensor(torch.as_tensor(
+        WindowSampler([episode], FRAMES, seed=0).sample(2)["frames"])))
+    own = tokenizer.encode(frames_to_tensor(tensor_to_frames(answer_frame)))[0, 0]
+    once = first["levels"] >= 0.5                         # swapped by the first pass
+    twice = once | (second["levels"] >= 0.5)              # ... or by the second
+    assert (twice & ~once).any()
+    for call, swapped in ((second, once), (third, twice)):
+        skip = call["skip"][:, 1:]
+        for b in range(2):
+            for t in range(FRAMES - 1):
+                want = own if swapped[b, t] else real[b, t]
+                torch.testing.assert_close(skip[b, t], want.expand_as(skip[b, t]))
+    torch.testing.assert_close(loss, (answer - real[:, 1:]).pow(2).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_scheduled_sampling_passes_are_checked():
+    from training.pipeline import build_config
+
+    with pytest.raises(ValueError, match="scheduled_sampling_passes must be >= 1"):
+        build_config({"game": "pong", "preset": "tiny", "scheduled_sampling_passes": 0})
 
 
 def test_stale_pixels_come_from_one_to_three_frames_earlier_and_targets_stay_real(setup):

@@ -385,7 +385,8 @@ def _previous_frames(tokens: torch.Tensor) -> torch.Tensor:
 
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
-                     scheduled_sampling: float = 0.0, stale_pixels: float = 0.0):
+                     scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
+                     stale_pixels: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -403,6 +404,11 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             training on whole rollouts, as in Self Forcing, Huang et al. 2025). The targets stay
             the real frames, so the model learns to correct its own errors instead of building
             on them. Costs one extra forward pass without gradients per step; 0 = off.
+        scheduled_sampling_passes: how many times frames are swapped for the model's own
+            predictions. From the second pass on, a frame can be predicted from a context that
+            already holds the model's own frames, so its errors build on earlier ones as in free
+            play (a rollout truncated to that many steps; Self Forcing trains on whole ones).
+            One forward pass without gradients per pass; >= 1.
         stale_pixels: probability that a pixel of an input frame shows what the same pixel
             showed 1 to 3 frames earlier (the targets stay the real frames): a static pixel
             does not change, a moving object leaves the stale pixels a dream leaves when it
@@ -442,7 +448,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
         inputs = tokenizer.encode(stale(x)).float() if stale_pixels > 0 else x0
-        inputs = own_frames(dyn, inputs, actions) if scheduled_sampling > 0 else inputs
+        for _ in range(scheduled_sampling_passes if scheduled_sampling > 0 else 0):
+            inputs = own_frames(dyn, inputs, actions)
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size

@@ -66,6 +66,8 @@ class PipelineConfig:
         scheduled_sampling: probability that a dynamics training frame is replaced, as
             context, by the model's own prediction of it (0 = teacher forcing only; see
             :func:`training.loops.dynamics_loss_fn`).
+        scheduled_sampling_passes: rounds of that replacement; from the second on, frames are
+            also predicted from contexts holding the model's own frames (>= 1).
         stale_pixels: probability that a pixel of a dynamics training input shows what it
             showed 1-3 frames earlier, targets unchanged (0 = off; see
             :func:`training.loops.dynamics_loss_fn`).
@@ -102,6 +104,7 @@ class PipelineConfig:
     stages: tuple[str, ...] = STAGES
     moving_weight: float = 20.0
     scheduled_sampling: float = 0.0
+    scheduled_sampling_passes: int = 1
     stale_pixels: float = 0.0
     conditioning: str = "actions"
     labelled_steps: int = 200
@@ -137,6 +140,8 @@ def build_config(values: dict) -> PipelineConfig:
     for name in ("scheduled_sampling", "stale_pixels"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
+    if cfg.scheduled_sampling_passes < 1:
+        raise ValueError(f"scheduled_sampling_passes must be >= 1, got {cfg.scheduled_sampling_passes!r}")
     if cfg.conditioning not in ("actions", "latent"):
         raise ValueError(f"conditioning must be 'actions' or 'latent', got {cfg.conditioning!r}")
     if cfg.weights_dtype not in WEIGHT_DTYPES:
@@ -335,6 +340,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                     lambda smp: dynamics_loss_fn(smp, b.dynamics.batch_size, device, tokenizer,
                                                  moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
                                                  generator=gen, scheduled_sampling=cfg.scheduled_sampling,
+                                                 scheduled_sampling_passes=cfg.scheduled_sampling_passes,
                                                  stale_pixels=cfg.stale_pixels,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
