@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # Regenerate the README's Results figures: evaluate each shipped checkpoint on its shipped
 # held-out set (training/heldout/<game>) and copy the plots and the video into docs/.
-#   bash scripts/results.sh               # pong and breakout (about 5 + 7 minutes on 2 CPU cores)
-#   bash scripts/results.sh pong          # one game; extra key=value arguments go to training.evaluate
+#   bash scripts/results.sh                   # pong and breakout (about 4 minutes each on 2 CPU cores)
+#   bash scripts/results.sh pong seed=1       # games and key=value overrides of training.evaluate, in any order
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=.venv/bin/python
 [ -x "$python" ] || python=python
-games=()
-while [ $# -gt 0 ] && [[ "$1" != *=* ]]; do games+=("$1"); shift; done
+games=() overrides=()
+for arg in "$@"; do
+  case "$arg" in
+    out=*|checkpoint=*) echo "results.sh: $arg is fixed here (checkpoint=<game>, out=runs/eval-<game>)" >&2; exit 2 ;;
+    *=*) overrides+=("$arg") ;;
+    *) games+=("$arg") ;;
+  esac
+done
 [ ${#games[@]} -gt 0 ] || games=(pong breakout)
 for game in "${games[@]}"; do
   out="runs/eval-$game"
-  rm -f "$out/breakdowns.png"
-  "$python" -m training.evaluate checkpoint="$game" out="$out" progress=false "$@"
-  cp "$out/drift.png" "docs/drift_$game.png"
-  cp "$out/long_run.png" "docs/long_run_$game.png"
-  cp "$out/real_vs_dream.gif" "docs/real_vs_dream_$game.gif"
-  if [ -f "$out/breakdowns.png" ]; then cp "$out/breakdowns.png" "docs/breakdowns_$game.png"; fi
+  mkdir -p "$out"
+  rm -f "$out"/{drift.png,long_run.png,breakdowns.png,real_vs_dream.gif}
+  "$python" -m training.evaluate checkpoint="$game" out="$out" progress=false ${overrides[@]+"${overrides[@]}"}
+  for pair in drift.png:drift long_run.png:long_run breakdowns.png:breakdowns real_vs_dream.gif:real_vs_dream; do
+    file=${pair%%:*} ext=${file##*.}
+    if [ -f "$out/$file" ]; then cp "$out/$file" "docs/${pair##*:}_$game.$ext"; fi
+  done
   echo "figures of $game: $out/report.json, plots copied into docs/"
 done

@@ -208,7 +208,7 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert set(on_disk["reward_model"]) == {"reward", "end"}
     for name in ("drift.png", "long_run.png", "real_vs_dream.gif", "curves.npz"):
         assert (out / name).stat().st_size > 0
-    assert [b["step"] for b in on_disk["long_run"]["breakdowns"]] == sorted(b["step"] for b in on_disk["long_run"]["breakdowns"])
+    assert all(0 <= b["step"] < 4 and b["failed"] for b in on_disk["long_run"]["breakdowns"])
     assert (out / "breakdowns.png").exists() == bool(on_disk["long_run"]["breakdowns"])
 
 

@@ -548,9 +548,17 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     Args:
         examples: if given, a list that receives up to ``max_examples`` breakdowns of the
             first dream, one per run of frames broken beyond real play: ``{"step": int,
-            "failed": [check, ...], "frames": (lead, H, W, 3) uint8}``, the broken frame last
-            and the ``lead - 1`` frames before it first (see :func:`training.plots.plot_breakdowns`).
+            "failed": [check, ...], "frames": (min(lead, step + 1), H, W, 3) uint8}``, the
+            broken frame last and the frames before it first (see
+            :func:`training.plots.plot_breakdowns`).
+        max_examples: at most this many breakdowns are kept.
+        lead: frames kept per breakdown, the broken one included.
+
+    Raises:
+        ValueError: ``lead < 1`` or ``max_examples < 0``.
     """
+    if lead < 1 or max_examples < 0:
+        raise ValueError(f"need lead >= 1 and max_examples >= 0, got lead={lead!r}, max_examples={max_examples!r}")
     from collections import deque
 
     from tqdm import tqdm
@@ -566,9 +574,8 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     real_checks = screen_checks(real_sample, model.game, saturated_limit=limit)
     hidden_in_real = checks_real_play_fails(real_checks)
 
-    def measures(frames, checks=None):
+    def measures(frames, checks):
         d = 0.5 * np.abs(colour_histogram(frames) - ref).sum(-1)
-        checks = screen_checks(frames, model.game, saturated_limit=limit) if checks is None else checks
         m = {"hist_distance": d, "broken": failed_any(checks).astype(np.float64),
              "broken_beyond_real": failed_any(checks, excused=hidden_in_real).astype(np.float64)}
         m.update({f"fails_{k}": v.astype(np.float64) for k, v in checks.items()})
@@ -588,15 +595,15 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         frames, r, end = sim.step(policy(None))
         rewards = rewards + int((r != 0).sum())
         ends.append(end)
-        m = measures(frames)
+        checks = screen_checks(frames, model.game, saturated_limit=limit)
+        m = measures(frames, checks)
         for k, v in m.items():
             series.setdefault(k, []).append(float(v.mean()))
-        if examples is not None:
+        if examples is not None and len(examples) < max_examples:
             recent.append(frames[0])
             broken = bool(m["broken_beyond_real"][0])
-            if broken and not was_broken and len(examples) < max_examples:
-                failed = [k.removeprefix("fails_") for k, v in m.items() if k.startswith("fails_") and v[0]]
-                failed = [c for c in failed if c not in hidden_in_real]
+            if broken and not was_broken:
+                failed = [k for k, v in checks.items() if v[0] and k not in hidden_in_real]
                 examples.append({"step": t, "failed": failed, "frames": np.stack(recent)})
             was_broken = broken
     real_steps = sum(len(e.actions) for e in episodes)

@@ -81,10 +81,18 @@ def plot_breakdowns(examples: list[dict], path: str | Path, *, scale: int = 4) -
 
     Args:
         examples: ``[{"step": int, "failed": [str], "frames": (k, H, W, 3) uint8}]`` from
-            :func:`training.evaluate.long_run`.
+            :func:`training.evaluate.long_run`, at least one.
         path: PNG to write.
-        scale: pixels drawn per frame pixel (nearest neighbour).
+        scale: figure size; 4 draws a 64 x 64 frame about 160 px wide (nearest neighbour).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: no examples.
     """
+    if not examples:
+        raise ValueError("plot_breakdowns needs at least one breakdown, got none")
     plt = _pyplot()
     cols = max(len(e["frames"]) for e in examples)
     fig, axes = plt.subplots(len(examples), cols, figsize=(1.6 * cols * scale / 4, 1.75 * len(examples) * scale / 4),
