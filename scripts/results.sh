@@ -16,14 +16,14 @@ for arg in "$@"; do
   esac
 done
 [ ${#games[@]} -gt 0 ] || games=(pong breakout)
+outputs=(drift.png long_run.png breakdowns.png real_vs_dream.gif)   # each copied as docs/<name>_<game>.<ext>
 for game in "${games[@]}"; do
   out="runs/eval-$game"
   mkdir -p "$out"
-  rm -f "$out"/{drift.png,long_run.png,breakdowns.png,real_vs_dream.gif}
+  for file in "${outputs[@]}"; do rm -f "$out/$file"; done
   "$python" -m training.evaluate checkpoint="$game" out="$out" progress=false ${overrides[@]+"${overrides[@]}"}
-  for pair in drift.png:drift long_run.png:long_run breakdowns.png:breakdowns real_vs_dream.gif:real_vs_dream; do
-    file=${pair%%:*} ext=${file##*.}
-    if [ -f "$out/$file" ]; then cp "$out/$file" "docs/${pair##*:}_$game.$ext"; fi
+  for file in "${outputs[@]}"; do
+    if [ -f "$out/$file" ]; then cp "$out/$file" "docs/${file%.*}_$game.${file##*.}"; fi
   done
   echo "figures of $game: $out/report.json, plots copied into docs/"
 done

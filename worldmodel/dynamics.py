@@ -395,25 +395,32 @@ class DynamicsModel(nn.Module):
         """Head output ``(B, F, N, P*K)`` -> colour scores ``(B, F, N, P, K)``, or the tokens
         (``dtype``) of the argmax colours."""
         scores = head.unflatten(-1, (self.pixels_per_token, self.cfg.palette_size))
-        if not (self.cfg.prev_skip and skip_tokens is not None):
-            scores = scores.float()
-            return scores if logits else self.palette[scores.argmax(-1)].flatten(-2).to(dtype)
-        previous = self.palette_targets(skip_tokens).expand(*scores.shape[:-1])         # (B, F, N, P)
-        if logits or torch.compiler.is_compiling() or head.device.type != "cpu":
-            scores = self._add_copy_bias(scores.float(), previous)
-            return scores if logits else self.palette[scores.argmax(-1)].flatten(-2).to(dtype)
-        # On a CPU, most pixels keep their colour: a pixel whose previous colour, with the copy
-        # bias, beats the best raw score keeps it, and only the others are scored in full, in
-        # float32 as above (the same colours, ties included). The scores stay in the head's
-        # dtype until then: a bfloat16 head's float copy and its scatter took 3/4 of this
-        # function's time at batch 64.
-        best = _max_last(scores).float()                                                  # (B, F, N, P)
+        with_copy = self.cfg.prev_skip and skip_tokens is not None
+        previous = self.palette_targets(skip_tokens).expand(*scores.shape[:-1]) if with_copy else None  # (B, F, N, P)
+        if with_copy and not (logits or torch.compiler.is_compiling() or head.device.type != "cpu"):
+            colours = self._kept_or_rescored(scores, previous)
+        else:
+            scores = scores.float() if previous is None else self._add_copy_bias(scores.float(), previous)
+            if logits:
+                return scores
+            colours = scores.argmax(-1)
+        return self.palette[colours].flatten(-2).to(dtype)                              # (B, F, N, P*3)
+
+    def _kept_or_rescored(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """The argmax colours ``(...)`` of ``scores (..., K)`` (head dtype) with the copy bias
+        at ``previous (...)``, as on the other path, computed the way a CPU does it fast.
+
+        Most pixels keep their colour: a pixel whose previous colour, with the copy bias, beats
+        the best raw score keeps it, and only the others are scored in full, in float32 (the
+        same colours, ties included). The scores stay in the head's dtype until then: a
+        bfloat16 head's float copy and its scatter took 3/4 of the output's time at batch 64."""
+        best = _max_last(scores).float()
         kept = scores.gather(-1, previous[..., None])[..., 0].float() + self.copy_bias.float()
         colours = previous.clone()
         rescore = (~(kept > best)).nonzero(as_tuple=True)        # ties and NaN scores too, as the argmax treats them
         if rescore[0].numel():
             colours[rescore] = self._add_copy_bias(scores[rescore].float(), previous[rescore]).argmax(-1)
-        return self.palette[colours].flatten(-2).to(dtype)                              # (B, F, N, P*3)
+        return colours
 
     def _add_copy_bias(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """Colour scores ``(..., K)`` float with the copy bias added at each pixel's ``previous (...)`` colour."""
