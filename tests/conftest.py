@@ -71,10 +71,12 @@ def record_pong(out: Path, *, episodes: int = 2, max_steps: int = 30, seed: int 
     return record(cfg, progress=False)
 
 
-def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, seed: int = 0, palette_size: int = 0):
+def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, seed: int = 0, palette_size: int = 0,
+                     local_mixing: bool = False):
     """A ModelBundle of the ``tiny`` preset for Pong, random (perturbed) weights, assembled as
     ``training.pipeline.run`` assembles it; with ``palette_size``, a palette model whose palette
-    is the start frames' most common colours."""
+    is the start frames' most common colours; with ``local_mixing``, the dynamics mix each frame's
+    neighbouring tokens (perturbed away from zero like every weight)."""
     from envs.games import get_game
     from worldmodel.bundle import ModelBundle
     from worldmodel.config import get_preset, update_dataclass
@@ -86,7 +88,8 @@ def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, see
     m = get_preset("tiny")
     m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
                                                    tokens_per_frame=m.tokenizer.tokens_per_frame,
-                                                   palette_size=palette_size), where="model.dynamics")
+                                                   palette_size=palette_size, local_mixing=local_mixing),
+                                  where="model.dynamics")
     torch.manual_seed(seed)
     dynamics = perturb_(DynamicsModel(m.dynamics), seed=seed)
     if palette_size:

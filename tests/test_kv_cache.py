@@ -14,9 +14,14 @@ from worldmodel.kv_cache import KVCache
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def dyn(tiny_bundle):
-    return tiny_bundle.dynamics
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "local_mixing"])
+def dyn(request, tiny_bundle):
+    """The tiny bundle's dynamics, and the same preset with :class:`LocalMixing` in its blocks
+    (which must mix within a frame only, or the cached and full forwards differ)."""
+    if not request.param:
+        return tiny_bundle.dynamics
+    frames, actions = tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy()
+    return make_tiny_bundle(frames, actions, seed=3, local_mixing=True).dynamics
 
 
 def _inputs(dyn, frames: int, *, seed: int = 0, batch: int = 2):

@@ -447,6 +447,11 @@ GAME_FIELDS = {"dynamics": {"num_actions"}, "reward": {"num_actions"}}
 """Config fields that may differ on a warm start from another game's bundle: the tensors whose
 shape they change (the action embeddings) start fresh."""
 
+ADDED_FIELDS = {"dynamics": {"local_mixing"}}
+"""Config fields that add layers whose output starts at zero: a warm start from a bundle without
+them (the field off there) copies every weight it has, and the added layers start at zero, so
+the run starts from the bundle's model exactly."""
+
 GAME_TENSORS = {"palette"}
 """Tensors fitted to a game's frames: a warm start from another game's bundle keeps this run's."""
 
@@ -472,6 +477,7 @@ def _warm_start(module: torch.nn.Module, module_cfg, bundle: ModelBundle, name: 
     mine, theirs = to_dict(module_cfg), to_dict(source_cfg)
     diff = sorted(k for k in mine if mine[k] != theirs.get(k))
     allowed = HEAD_FIELDS.get(name, set()) | (GAME_FIELDS.get(name, set()) if other_game else set())
+    allowed |= {k for k in ADDED_FIELDS.get(name, set()) if not theirs.get(k)}
     beyond = sorted(set(diff) - allowed)
     if beyond:
         bad = beyond[0]

@@ -118,11 +118,31 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-class Block(nn.Module):
-    """A transformer block with adaLN-Zero conditioning per frame (DiT)."""
+class LocalMixing(nn.Module):
+    """A 3x3 depthwise convolution over each frame's square grid of tokens, as a residual branch
+    that starts at zero: CPVT's positional encoding generator (Chu et al. 2023), which gives a
+    token its neighbours' features at exact relative positions. It mixes within a frame only,
+    so a frame's keys and values still depend on its own tokens and the cached past alone."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int):
         super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1, groups=width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, F, N, D)`` with ``N`` a square -> the branch's output, the same shape."""
+        b, f, n, d = x.shape
+        g = int(round(n ** 0.5))
+        grid = x.reshape(b * f, g, g, d).permute(0, 3, 1, 2)                        # (B*F, D, g, g)
+        return self.conv(grid).permute(0, 2, 3, 1).reshape(b, f, n, d)
+
+
+class Block(nn.Module):
+    """A transformer block with adaLN-Zero conditioning per frame (DiT), optionally with
+    :class:`LocalMixing` at its start."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, local_mixing: bool = False):
+        super().__init__()
+        self.local = LocalMixing(width) if local_mixing else None
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = CausalSelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -133,6 +153,8 @@ class Block(nn.Module):
                 write_tokens: int) -> torch.Tensor:
         """``x (B, F, N, D)``, ``c (B, F, D)`` -> ``(B, F, N, D)``."""
         b, f, n, d = x.shape
+        if self.local is not None:
+            x = x + self.local(x)
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1).reshape(b, f * n, d)
         x = x + gate1 * self.attn(h, rope, mask, cache, layer, write_tokens).reshape(b, f, n, d)
@@ -227,7 +249,8 @@ class DynamicsModel(nn.Module):
         # The action also enters the residual stream of every token of its frame, so that
         # attention can use it from the first layer on (adaLN gates start closed).
         self.action_in = nn.Embedding(cfg.num_actions + 1, d)
-        self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, cfg.local_mixing)
+                                     for _ in range(cfg.depth)])
         self.pixels_per_token = cfg.token_dim // 3
         if cfg.palette_size:
             self.register_buffer("palette", torch.zeros(cfg.palette_size, 3))
@@ -247,6 +270,9 @@ class DynamicsModel(nn.Module):
         for blk in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
+            if blk.local is not None:
+                nn.init.zeros_(blk.local.conv.weight)
+                nn.init.zeros_(blk.local.conv.bias)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
         if self.cfg.prev_skip:  # start as "repeat the previous frame" (DiT zero-inits this layer too)
