@@ -27,7 +27,7 @@ class _Bundle:
 
 
 def test_a_token_reads_its_3x3_neighbourhood_in_its_own_frame_only():
-    mix = LocalMixing(8)
+    mix = LocalMixing(8, grid=4)
     torch.nn.init.normal_(mix.conv.weight)
     x = torch.randn(1, 2, 16, 8)                         # 2 frames of a 4x4 token grid
     changed = x.clone()

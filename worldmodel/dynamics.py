@@ -124,15 +124,15 @@ class LocalMixing(nn.Module):
     token its neighbours' features at exact relative positions. It mixes within a frame only,
     so a frame's keys and values still depend on its own tokens and the cached past alone."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, grid: int):
         super().__init__()
+        self.grid = grid
         self.conv = nn.Conv2d(width, width, 3, padding=1, groups=width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, F, N, D)`` with ``N`` a square -> the branch's output, the same shape."""
+        """``x (B, F, N, D)`` with ``N = grid * grid`` -> the branch's output, the same shape."""
         b, f, n, d = x.shape
-        g = int(round(n ** 0.5))
-        grid = x.reshape(b * f, g, g, d).permute(0, 3, 1, 2)                        # (B*F, D, g, g)
+        grid = x.reshape(b * f, self.grid, self.grid, d).permute(0, 3, 1, 2)        # (B*F, D, g, g)
         return self.conv(grid).permute(0, 2, 3, 1).reshape(b, f, n, d)
 
 
@@ -140,9 +140,9 @@ class Block(nn.Module):
     """A transformer block with adaLN-Zero conditioning per frame (DiT), optionally with
     :class:`LocalMixing` at its start."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, local_mixing: bool = False):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, local_grid: int = 0):
         super().__init__()
-        self.local = LocalMixing(width) if local_mixing else None
+        self.local = LocalMixing(width, local_grid) if local_grid else None   # 0: no local mixing
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = CausalSelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -249,8 +249,8 @@ class DynamicsModel(nn.Module):
         # The action also enters the residual stream of every token of its frame, so that
         # attention can use it from the first layer on (adaLN gates start closed).
         self.action_in = nn.Embedding(cfg.num_actions + 1, d)
-        self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, cfg.local_mixing)
-                                     for _ in range(cfg.depth)])
+        local_grid = cfg.token_grid if cfg.local_mixing else 0
+        self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, local_grid) for _ in range(cfg.depth)])
         self.pixels_per_token = cfg.token_dim // 3
         if cfg.palette_size:
             self.register_buffer("palette", torch.zeros(cfg.palette_size, 3))
@@ -329,8 +329,7 @@ class DynamicsModel(nn.Module):
 
     def token_positions(self, positions: torch.Tensor) -> torch.Tensor:
         """Frame indices ``(B, F)`` -> per-token (frame, row, column) ``(B, F*N, 3)``."""
-        n = self.cfg.tokens_per_frame
-        grid = int(round(n ** 0.5))
+        n, grid = self.cfg.tokens_per_frame, self.cfg.token_grid
         idx = torch.arange(n, device=positions.device)
         spatial = torch.stack([idx // grid, idx % grid], dim=-1)                    # (N, 2)
         b, f = positions.shape
