@@ -54,6 +54,24 @@ FORMAT_VERSION = 1
 REQUIRED_METADATA = ("game", "frame_size", "action_meanings")
 NULL_ACTION = -1
 """Action value used for the (missing) action before an episode's first frame."""
+NO_REWARD_SEEN = 2**31 - 1
+"""The reward clock of a frame with no non-zero reward before it (:func:`frames_since_reward`)."""
+
+
+def frames_since_reward(rewards: np.ndarray) -> np.ndarray:
+    """The reward clock of every frame of an episode: ``rewards (T,)`` of its transitions ->
+    ``(T + 1,)`` int64, for frame ``k`` how many frames ago the last non-zero reward landed
+    (0 on the frame a rewarded transition leads to; :data:`NO_REWARD_SEEN` before the first).
+
+    This is what a dynamics model with ``reward_clock`` conditions on (the clock of the frame
+    before the one it makes); the Simulator counts it from its reward model's verdicts.
+    """
+    r = np.asarray(rewards)
+    clock = np.empty(len(r) + 1, np.int64)
+    clock[0] = NO_REWARD_SEEN
+    for k, hit in enumerate(r != 0, start=1):
+        clock[k] = 0 if hit else min(clock[k - 1] + 1, NO_REWARD_SEEN)
+    return clock
 
 
 class DatasetError(ValueError):
@@ -384,7 +402,10 @@ class WindowSampler:
     - ``actions[i] = a_{s+i-1}``, the action that produced ``x_{s+i}`` (``NULL_ACTION`` for
       an episode's first frame);
     - ``rewards[i] = r_{s+i-1}`` and ``terminated[i] = terminated_{s+i-1}``, the reward and
-      end flag of that same transition (0 and False for an episode's first frame).
+      end flag of that same transition (0 and False for an episode's first frame);
+    - ``since_reward[i]``: the reward clock of ``x_{s+i-1}`` (:func:`frames_since_reward`;
+      :data:`NO_REWARD_SEEN` for an episode's first frame), what a model with a reward clock
+      conditions ``x_{s+i}`` on.
 
     So every slot carries the action, reward and end flag of the transition into its frame,
     which is what the dynamics model conditions on and predicts.
@@ -409,6 +430,7 @@ class WindowSampler:
         self._p = starts / starts.sum()
         self._n_starts = starts.astype(np.int64)
         self.rng = np.random.default_rng(seed)
+        self._clocks: dict[int, np.ndarray] = {}
 
     def window_at(self, episode_index: int, start: int) -> dict[str, np.ndarray]:
         """The window of ``episode_index`` beginning at frame ``start`` (see class docs)."""
@@ -422,7 +444,11 @@ class WindowSampler:
         src = slice(max(lo, 0), lo + w)
         dst = slice(max(-lo, 0), w)
         actions[dst], rewards[dst], terminated[dst] = ep.actions[src], ep.rewards[src], ep.terminated[src]
-        return dict(frames=frames, actions=actions, rewards=rewards, terminated=terminated)
+        if episode_index not in self._clocks:
+            self._clocks[episode_index] = frames_since_reward(ep.rewards)
+        since = np.full(w, NO_REWARD_SEEN, np.int64)
+        since[dst] = self._clocks[episode_index][src]
+        return dict(frames=frames, actions=actions, rewards=rewards, terminated=terminated, since_reward=since)
 
     def sample_one(self) -> dict[str, np.ndarray]:
         """One random window; every start position of every episode is equally likely."""
@@ -431,7 +457,7 @@ class WindowSampler:
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of random windows: ``frames (B, W, H, W', 3) uint8``, ``actions (B, W) int64``,
-        ``rewards (B, W) float32``, ``terminated (B, W) bool``."""
+        ``rewards (B, W) float32``, ``terminated (B, W) bool``, ``since_reward (B, W) int64``."""
         return stack_windows([self.sample_one() for _ in range(batch_size)])
 
 

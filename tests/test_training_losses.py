@@ -24,9 +24,9 @@ class SpyDynamics(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.ones(()))
         self.calls: list[dict] = []
 
-    def forward(self, tokens, levels, actions, *, skip_tokens):
+    def forward(self, tokens, levels, actions, *, skip_tokens, since_reward):
         self.calls.append(dict(tokens=tokens.clone(), levels=levels.clone(), skip=skip_tokens.clone(),
-                               grad=torch.is_grad_enabled()))
+                               since=since_reward.clone(), grad=torch.is_grad_enabled()))
         return self.scale * self.answer.expand_as(tokens)
 
 
@@ -57,9 +57,10 @@ def test_teacher_forcing_feeds_the_real_previous_frames(setup):
     dyn = SpyDynamics(answer)
     (loss, _), sampler = _loss(episode, tokenizer, dyn, 0.0)
     assert len(dyn.calls) == 1 and dyn.calls[0]["grad"]
-    real = tokenizer.encode(frames_to_tensor(torch.as_tensor(
-        WindowSampler([episode], FRAMES, seed=0).sample(2)["frames"])))
+    batch = WindowSampler([episode], FRAMES, seed=0).sample(2)
+    real = tokenizer.encode(frames_to_tensor(torch.as_tensor(batch["frames"])))
     torch.testing.assert_close(dyn.calls[0]["skip"][:, 1:], real[:, :-1])
+    assert dyn.calls[0]["since"].tolist() == batch["since_reward"].tolist()   # the windows' reward clocks
     # The loss compares the prediction with the real frames (slot 0 is context only).
     expected = (answer - real[:, 1:]).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

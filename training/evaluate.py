@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recorders.dataset import Episode
+from recorders.dataset import Episode, frames_since_reward
 from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
 
@@ -186,8 +186,12 @@ def ball_visible(frames: np.ndarray, game: str) -> np.ndarray:
 
 
 # -- windows and rollouts ---------------------------------------------------------------------
-def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``count`` random ``(frames (length, H, W, 3), actions (length-1,))`` windows, reproducible by seed."""
+def window_starts(episodes: list[Episode], length: int, count: int, seed: int) -> list[tuple[Episode, int]]:
+    """``count`` random ``(episode, first frame)`` windows of ``length`` frames, reproducible by seed.
+
+    Raises:
+        ValueError: no episode has ``length`` frames.
+    """
     rng = np.random.default_rng(seed)
     usable = [e for e in episodes if len(e.frames) >= length]
     if not usable:
@@ -195,9 +199,13 @@ def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) 
     out = []
     for _ in range(count):
         e = usable[rng.integers(len(usable))]
-        s = int(rng.integers(len(e.frames) - length + 1))
-        out.append((e.frames[s:s + length], e.actions[s:s + length - 1]))
+        out.append((e, int(rng.integers(len(e.frames) - length + 1))))
     return out
+
+
+def sample_windows(episodes: list[Episode], length: int, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` random ``(frames (length, H, W, 3), actions (length-1,))`` windows (:func:`window_starts`)."""
+    return [(e.frames[s:s + length], e.actions[s:s + length - 1]) for e, s in window_starts(episodes, length, count, seed)]
 
 
 def window_conditioning(model: ModelBundle, frames: np.ndarray, actions: np.ndarray, *,
@@ -232,7 +240,9 @@ def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horiz
                            random_actions: bool = False, keymap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Prime with ``prime`` real frames (default ``context_frames``; the Simulator keeps the
     newest that fit its window), then step ``horizon`` times with the recorded actions (for
-    a ``"latent"`` bundle, what :func:`window_conditioning` makes of them).
+    a ``"latent"`` bundle, what :func:`window_conditioning` makes of them). The primed
+    frames' rewards and reward clock are the episode's (read by a model with a reward clock;
+    from then on the dream's reward model keeps it).
 
     Args:
         sim_options: keyword arguments of the :class:`~worldmodel.simulator.Simulator`
@@ -247,15 +257,20 @@ def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horiz
         ``real[:, k + 1]``; ``real (W, horizon + 1, H, W, 3)`` starts with the last primed frame.
     """
     ctx = model.dynamics_config.context_frames if prime is None else prime
-    data = sample_windows(episodes, ctx + horizon, windows, seed)
-    frames = np.stack([f for f, _ in data])                                 # (W, ctx+H, h, w, 3)
-    actions = window_conditioning(model, frames, np.stack([a for _, a in data]), keymap=keymap)   # (W, ctx+H-1)
+    starts = window_starts(episodes, ctx + horizon, windows, seed)
+    frames = np.stack([e.frames[s:s + ctx + horizon] for e, s in starts])   # (W, ctx+H, h, w, 3)
+    actions = np.stack([e.actions[s:s + ctx + horizon - 1] for e, s in starts])
+    actions = window_conditioning(model, frames, actions, keymap=keymap)     # (W, ctx+H-1)
+    # The reward clock where the windows begin, and the rewards inside the primed frames.
+    clocks = {id(e): frames_since_reward(e.rewards) for e, _ in starts}
+    since = np.array([clocks[id(e)][s] for e, s in starts])
+    rewards = np.stack([e.rewards[s:s + ctx - 1] for e, s in starts])
     if random_actions:
         rng = np.random.default_rng(seed + 1)
         actions = actions.copy()
         actions[:, ctx - 1:] = rng.integers(model.dynamics_config.num_actions, size=actions[:, ctx - 1:].shape)
-    sim = Simulator(model, batch_size=len(data), seed=seed, **(sim_options or {}))
-    sim.reset(frames[:, :ctx], actions[:, :ctx - 1])
+    sim = Simulator(model, batch_size=len(starts), seed=seed, **(sim_options or {}))
+    sim.reset(frames[:, :ctx], actions[:, :ctx - 1], rewards=rewards, since_reward=since)
     dream = np.stack([sim.step(actions[:, ctx - 1 + k])[0] for k in range(horizon)], axis=1)
     return frames[:, ctx - 1:], dream
 

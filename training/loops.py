@@ -426,13 +426,14 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         pick = torch.rand((b, t, 1, h, w), generator=generator, device=device) < stale_pixels
         return torch.where(pick, earlier, x)
 
-    def own_frames(dyn: DynamicsModel, x0, actions):
+    def own_frames(dyn: DynamicsModel, x0, actions, since):
         """``x0`` with frames swapped for the model's own one-pass predictions, as the dream would show them."""
         shape = x0.shape[:2]
         with torch.no_grad():
             levels = sample_noise_levels(*shape, shift=noise_shift, generator=generator, device=device)
             eps = torch.randn(x0.shape, generator=generator, device=device)
-            made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=_previous_frames(x0)).float()
+            made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=_previous_frames(x0),
+                       since_reward=since).float()
             made = tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(made)))).float()
             # Only frames predicted from a high noise level are the model's own; a frame given
             # almost clean is a copy of the real one.
@@ -447,14 +448,15 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
+        since = batch["since_reward"]
         inputs = tokenizer.encode(stale(x)).float() if stale_pixels > 0 else x0
         for _ in range(scheduled_sampling_passes if scheduled_sampling > 0 else 0):
-            inputs = own_frames(dyn, inputs, actions)
+            inputs = own_frames(dyn, inputs, actions, since)
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size
         pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=_previous_frames(inputs),
-                   **({"logits": True} if palette else {}))
+                   since_reward=since, **({"logits": True} if palette else {}))
         if palette:   # cross-entropy of each pixel's palette colour; weights per pixel
             w = w[..., ::3]                                                      # (B, T, N, P): (p q c) layout
             err = F.cross_entropy(pred.flatten(0, -2), dyn.palette_targets(x0).flatten(),

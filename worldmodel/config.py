@@ -176,6 +176,13 @@ class DynamicsConfig:
             one-step dream draws in neighbouring 8x8 patches; in a 50-minute CPU run it did not
             reduce them (README, Results). A warm start from a bundle without it starts the
             convolutions at zero (the same model).
+        reward_clock: 0: off. C > 0: each frame is also conditioned on how many frames before
+            it the last non-zero reward came (the clock of the frame before it, capped at ``C``;
+            ``C`` also stands for "none seen"): a summary of the episode's reward history
+            reaching past the context window. Pong serves the ball exactly 17 frames after each
+            point, more than the 8-frame context can count; the Simulator keeps the clock from
+            its reward model's predictions. The embeddings start at zero, so a warm start from
+            a bundle without it starts from the same model.
     """
 
     width: int = 192
@@ -190,6 +197,7 @@ class DynamicsConfig:
     prev_skip: bool = True
     palette_size: int = 0
     local_mixing: bool = False
+    reward_clock: int = 0
 
     def __post_init__(self):
         check_positive(self, "width", "depth", "heads", "context_frames", "num_actions", "token_dim",
@@ -206,6 +214,8 @@ class DynamicsConfig:
             raise ValueError(f"head dimension {head_dim} must be even and >= 6 for the 3-D rotary embedding")
         if self.context_frames < 2:
             raise ValueError(f"context_frames must be >= 2, got {self.context_frames}")
+        if self.reward_clock < 0:
+            raise ValueError(f"reward_clock must be 0 (off) or a cap of >= 1 frames, got {self.reward_clock}")
         if self.local_mixing and self.token_grid ** 2 != self.tokens_per_frame:
             raise ValueError(f"local_mixing needs a square grid of tokens, got tokens_per_frame {self.tokens_per_frame}")
 

@@ -249,6 +249,10 @@ class DynamicsModel(nn.Module):
         # The action also enters the residual stream of every token of its frame, so that
         # attention can use it from the first layer on (adaLN gates start closed).
         self.action_in = nn.Embedding(cfg.num_actions + 1, d)
+        # Frames since the last reward (0..reward_clock), into the conditioning and the residual
+        # stream like the action; both start at zero (the model without it).
+        self.clock_emb = nn.Embedding(cfg.reward_clock + 1, d) if cfg.reward_clock else None
+        self.clock_in = nn.Embedding(cfg.reward_clock + 1, d) if cfg.reward_clock else None
         local_grid = cfg.token_grid if cfg.local_mixing else 0
         self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, local_grid) for _ in range(cfg.depth)])
         self.pixels_per_token = cfg.token_dim // 3
@@ -267,6 +271,9 @@ class DynamicsModel(nn.Module):
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.action_emb.weight, std=0.02)
         nn.init.normal_(self.action_in.weight, std=0.5)
+        if self.clock_emb is not None:
+            nn.init.zeros_(self.clock_emb.weight)
+            nn.init.zeros_(self.clock_in.weight)
         for blk in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
@@ -336,9 +343,22 @@ class DynamicsModel(nn.Module):
         frame = positions[:, :, None, None].expand(b, f, n, 1)
         return torch.cat([frame, spatial.expand(b, f, n, 2)], dim=-1).reshape(b, f * n, 3)
 
-    def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Per-frame conditioning ``(B, F, D)``; ``actions`` < 0 mean "no action"."""
-        return self.noise_emb(noise_levels) + self.action_emb(self._action_index(actions))
+    def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor,
+                  clock: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-frame conditioning ``(B, F, D)``; ``actions`` < 0 mean "no action"; ``clock``
+        ``(B, F)`` int64 in ``[0, reward_clock]`` (:meth:`clock_index`) where the model has one."""
+        c = self.noise_emb(noise_levels) + self.action_emb(self._action_index(actions))
+        return c if clock is None else c + self.clock_emb(clock)
+
+    def clock_index(self, since_reward: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        """Frames since the last reward ``(B, F)`` int64 (any size; None: none known) -> embedding
+        indices capped at ``reward_clock``, shaped like ``like``; None for a model without a clock."""
+        cap = self.cfg.reward_clock
+        if not cap:
+            return None
+        if since_reward is None:
+            return torch.full_like(like, cap)
+        return since_reward.to(like.device, torch.long).clamp(0, cap).expand_as(like)
 
     def _action_index(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions ``(B, F)`` with -1 for "none" -> embedding indices (``num_actions`` for "none")."""
@@ -348,7 +368,7 @@ class DynamicsModel(nn.Module):
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 write: int = 0, prev_tokens: torch.Tensor | None = None,
                 skip_tokens: torch.Tensor | None = None, logits: bool = False,
-                predict: int | None = None) -> torch.Tensor:
+                predict: int | None = None, since_reward: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Each frame attends to itself, to the earlier new frames and to the cached frames
@@ -374,6 +394,10 @@ class DynamicsModel(nn.Module):
             logits: with a palette, return the colour scores instead of the tokens.
             predict: predict only the last ``F'`` = ``predict`` frames (default all ``F``): a
                 frame passed only to be committed to the cache needs no prediction.
+            since_reward: ``(B, F)`` int64, for a model with ``cfg.reward_clock``: how many
+                frames before the frame that precedes each frame the last non-zero reward came
+                (aligned like ``actions``: the clock as it stood when the frame was made; any
+                value >= ``reward_clock``, or None, for "none seen"). Ignored without a clock.
 
         Returns:
             ``(B, F', N, D_tok)`` the predicted clean tokens of the ``F'`` frames, in the dtype
@@ -385,12 +409,15 @@ class DynamicsModel(nn.Module):
         out_dtype, tokens = tokens.dtype, tokens.to(self.in_proj.weight.dtype)   # a bfloat16 copy runs in bfloat16
         if positions is None:
             positions = torch.arange(f, device=tokens.device).expand(b, f)
-        c = self.condition(noise_levels, actions)                                   # (B, F, D)
+        clock = self.clock_index(since_reward, actions)                             # (B, F) or None
+        c = self.condition(noise_levels, actions, clock)                            # (B, F, D)
         if prev_tokens is None:
             prev_tokens = torch.zeros_like(tokens[:, :1])
         prev = torch.cat([prev_tokens.to(tokens.dtype), tokens[:, :-1]], dim=1)    # (B, F, N, D_tok)
         x = self.in_proj(torch.cat([tokens, prev], dim=-1)) + self.pos_emb         # (B, F, N, D)
         x = x + self.action_in(self._action_index(actions))[:, :, None]
+        if clock is not None:
+            x = x + self.clock_in(clock)[:, :, None]
         token_pos = self.token_positions(positions)                                 # (B, F*N, 3)
         rope = tuple(t.to(x.dtype) for t in rotary_tables(token_pos, self.head_dim, self.cfg.rope_base))
         query_frames = token_pos[..., 0]                                            # (B, F*N)

@@ -17,6 +17,8 @@ input              shape                                          dtype
 ``past_k``         ``(depth, B, heads, S*N, head_dim)`` cached keys float32
 ``past_v``         same, cached values                              float32
 ``past_frames``    ``(B, S*N)`` frame index per cached token, -1    int64
+``since_reward``   ``(B, F)`` their reward clocks (only a model     int64
+                   with ``reward_clock``)
 =================  =============================================  ==========
 
 outputs: ``x0 (B, 1, N, D_tok)`` (the last frame's prediction: the others are passed only to
@@ -60,6 +62,11 @@ GRAPH_VERSION = 2
 so that graphs cached by an earlier version are not reused."""
 
 
+def graph_inputs(dynamics: DynamicsModel) -> tuple[str, ...]:
+    """The graph's input names for ``dynamics``: :data:`INPUTS`, and ``since_reward`` for a model with a reward clock."""
+    return INPUTS + (("since_reward",) if dynamics.cfg.reward_clock else ())
+
+
 class OnnxUnavailable(RuntimeError):
     """onnxruntime, or the exporter's packages (onnx, onnxscript), cannot be used here."""
 
@@ -94,12 +101,13 @@ class StepGraph(nn.Module):
         super().__init__()
         self.dynamics = dynamics
 
-    def forward(self, tokens, level, action, position, prev_tokens, skip_tokens, past_k, past_v, past_frames):
+    def forward(self, tokens, level, action, position, prev_tokens, skip_tokens, past_k, past_v, past_frames,
+                since_reward=None):
         slots = self.dynamics.cfg.context_frames - 1
         cache = _GraphCache(past_k, past_v, past_frames, slots)
         # write=slots asks for the keys and values of all F (<= slots) frames; the caller stores the ones it commits.
         x0 = self.dynamics(tokens, level, action, position, cache=cache, write=slots, prev_tokens=prev_tokens,
-                           skip_tokens=skip_tokens, predict=1)
+                           skip_tokens=skip_tokens, predict=1, since_reward=since_reward)
         return x0, torch.stack(cache.new_k), torch.stack(cache.new_v)
 
 
@@ -108,10 +116,11 @@ def example_inputs(dynamics: DynamicsModel, batch: int = 2, frames: int = 2) -> 
     c = dynamics.cfg
     s, n, d, h, hd = c.context_frames - 1, c.tokens_per_frame, c.token_dim, c.heads, dynamics.head_dim
     f = frames
+    clock = (torch.randint(0, c.reward_clock + 1, (batch, f)),) if c.reward_clock else ()
     return (torch.randn(batch, f, n, d), torch.rand(batch, f), torch.zeros(batch, f, dtype=torch.long),
             torch.arange(s, s + f).expand(batch, f), torch.randn(batch, 1, n, d), torch.randn(batch, 1, n, d),
             torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
-            torch.arange(s).repeat_interleave(n).expand(batch, s * n))
+            torch.arange(s).repeat_interleave(n).expand(batch, s * n), *clock)
 
 
 def cache_dir() -> Path:
@@ -153,9 +162,11 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     graph = StepGraph(copy.deepcopy(dynamics).float().cpu()).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     frames = torch.export.Dim("frames", min=1, max=dynamics.cfg.context_frames - 1)
-    dynamic = {name: {1 if name in ("past_k", "past_v") else 0: batch} for name in INPUTS}
-    for name in ("tokens", "level", "action", "position"):
-        dynamic[name][1] = frames
+    names = graph_inputs(dynamics)
+    dynamic = {name: {1 if name in ("past_k", "past_v") else 0: batch} for name in names}
+    for name in ("tokens", "level", "action", "position", "since_reward"):
+        if name in dynamic:
+            dynamic[name][1] = frames
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -164,7 +175,7 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, example_inputs(graph.dynamics), str(tmp), dynamo=True, opset_version=OPSET,
-                              input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_shapes=dynamic,
+                              input_names=list(names), output_names=list(OUTPUTS), dynamic_shapes=dynamic,
                               external_data=False, verbose=False)
         os.replace(tmp, path)
     finally:
@@ -280,6 +291,7 @@ class OnnxStepper:
                             "new_k": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim),
                             "new_v": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim)}
         self._outputs: dict[tuple[int, int], dict[str, torch.Tensor]] = {}   # by (batch, frames)
+        self._inputs, self._clock_cap = graph_inputs(dynamics), cfg.reward_clock
 
     def _bind(self, binding, name: str, t: torch.Tensor, output: bool = False) -> None:
         np_type = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}[t.dtype]
@@ -287,7 +299,7 @@ class OnnxStepper:
         bind(name, self._ort_device, self._device_id, np_type, list(t.shape), t.data_ptr())
 
     def __call__(self, tokens, levels, actions, positions, *, cache, write: int, prev_tokens,
-                 skip_tokens, predict: int = 1) -> torch.Tensor:
+                 skip_tokens, predict: int = 1, since_reward: torch.Tensor | None = None) -> torch.Tensor:
         """One pass, like ``dynamics(..., cache=cache, write=write, predict=1)``: returns the last
         frame's ``x0 (B, 1, N, D_tok)`` and commits the first ``write`` frames to ``cache``.
 
@@ -298,13 +310,15 @@ class OnnxStepper:
             raise ValueError(f"the onnx graph predicts the last frame only (predict=1), got predict={predict}")
         b, f = tokens.shape[:2]
         inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_frames())
+        if len(self._inputs) > len(INPUTS):     # the reward clock; the graph caps it
+            inputs += (torch.full_like(actions, self._clock_cap) if since_reward is None else since_reward,)
         out = self._outputs.get((b, f))
         if out is None:
             out = self._outputs[(b, f)] = {name: torch.empty(shape(b, f), device=self.device)
                                            for name, shape in self._out_shapes.items()}
         binding = self.session.io_binding()
         bound = [t.contiguous() for t in inputs]          # referenced here until the run is over
-        for name, t in zip(INPUTS, bound):
+        for name, t in zip(self._inputs, bound):
             self._bind(binding, name, t)
         for name, t in out.items():
             self._bind(binding, name, t, output=True)

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import torch
 
+from recorders.dataset import NO_REWARD_SEEN
 from worldmodel.bundle import ModelBundle
 from worldmodel.device import fast_bfloat16
 from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
@@ -26,7 +27,9 @@ class Simulator:
     new frame: one pass per sampling step, none extra for the cache. The cache is a ring of
     ``context_frames - 1`` frames, so a step costs the same at step 10 and step 10,000.
     Rewards and episode ends come from the bundle's reward model
-    (:mod:`worldmodel.reward_model`) on the frame shown last and the new one.
+    (:mod:`worldmodel.reward_model`) on the frame shown last and the new one; a dynamics
+    model with a reward clock (``DynamicsConfig.reward_clock``) is conditioned on how many
+    frames ago the reward model last saw a non-zero reward.
 
     Args:
         model: a loaded :class:`~worldmodel.bundle.ModelBundle`.
@@ -91,6 +94,12 @@ class Simulator:
         self.pending_action = torch.full((batch_size, 1), -1, dtype=torch.long, device=self.device)
         self.pending_position = torch.zeros((batch_size, 1), dtype=torch.long, device=self.device)
         self.pending_shown = torch.zeros((batch_size, 1, *self.frame_shape), dtype=torch.uint8, device=self.device)
+        # The reward clock: frames since the last non-zero reward, of the pending frame
+        # (``since``) and of the frame before it (``pending_since``, what the pending frame was
+        # made with); only a model with a reward clock reads them.
+        self.clocked = bool(model.dynamics_config.reward_clock)
+        self.since = torch.full((batch_size, 1), NO_REWARD_SEEN, dtype=torch.long, device=self.device)
+        self.pending_since = self.since.clone()
 
     @property
     def last_frames(self) -> np.ndarray | None:
@@ -102,11 +111,11 @@ class Simulator:
         """``(B,)`` int64: the absolute frame index of each dream's latest frame."""
         return self.pending_position[:, 0].cpu().numpy()
 
-    def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens):
+    def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens, since_reward):
         """One cached pass of the dynamics model, by the chosen backend: the last frame's prediction."""
         run = self._onnx if self._onnx is not None else self.dynamics
         return run(tokens, levels, actions, positions, cache=self.cache, write=write, prev_tokens=prev_tokens,
-                   skip_tokens=skip_tokens, predict=1)
+                   skip_tokens=skip_tokens, predict=1, since_reward=since_reward)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -129,13 +138,17 @@ class Simulator:
 
     # -- the loop -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def reset(self, frames, actions, env_ids=None) -> np.ndarray:
+    def reset(self, frames, actions, env_ids=None, *, rewards=None, since_reward=None) -> np.ndarray:
         """Prime dreams with real frames.
 
         Args:
             frames: ``(B', T, H, W, 3)`` uint8 real frames, ``T >= 1``.
             actions: ``(B', T-1)`` int64, the action taken after each frame but the last.
             env_ids: which dreams to reset (``B'`` indices); ``None`` resets all (``B' = B``).
+            rewards: ``(B', T-1)`` the rewards of those transitions (default none), and
+            since_reward: ``(B',)`` int64, how many frames before the first frame the last
+                non-zero reward landed (default: none seen). Only a model with a reward clock
+                reads them; they set its clock as the frames' episode had it.
 
         Returns:
             ``(B, H, W, 3)`` uint8, the latest frame of every dream.
@@ -153,6 +166,7 @@ class Simulator:
         if t < 1:
             raise ValueError("frames must hold at least one frame per dream (T >= 1), got T = 0")
         acts = self._check_actions(actions, (len(ids), t - 1), "actions")
+        clock = self._primed_clock(len(ids), t, rewards, since_reward)   # (B', T + 1): slot k made with clock[k]
         keep = min(t, self.cache.slots + 1)                   # cached frames + the pending one
         frames_t, t0 = frames_t[:, t - keep:], t - keep
         prev = torch.full((len(ids), 1), -1, dtype=torch.long, device=self.device)
@@ -169,7 +183,7 @@ class Simulator:
             cache.next_slot = self.cache.next_slot
         if keep > 1:                                          # all but the newest frame go into the cache
             self.dynamics(tokens[:, :-1], levels[:, :-1], cond[:, :-1], positions[:, :-1], cache=cache,
-                          write=keep - 1)
+                          write=keep - 1, since_reward=clock[:, t0:t - 1])
         if env_ids is not None:
             self._copy_into_ring(torch.as_tensor(ids, device=self.device), cache)
         ids_t = slice(None) if env_ids is None else torch.as_tensor(ids, device=self.device)
@@ -179,9 +193,26 @@ class Simulator:
         self.pending_action[ids_t] = cond[:, -1:]
         self.pending_position[ids_t] = positions[:, -1:]
         self.pending_shown[ids_t] = frames_t[:, -1:]
+        self.pending_since[ids_t] = clock[:, -2:-1]
+        self.since[ids_t] = clock[:, -1:]
         self._primed = True
         self.step_count[ids] = 0
         return self.last_frames
+
+    def _primed_clock(self, batch: int, t: int, rewards, since_reward) -> torch.Tensor:
+        """``(B', T + 1)`` int64: the reward clock each primed frame was made with (slot ``k``:
+        the clock of frame ``k - 1``, "none seen" for the first), then the last frame's own."""
+        r = np.zeros((batch, t - 1)) if rewards is None else np.asarray(rewards, dtype=np.float64)
+        if r.shape != (batch, t - 1):
+            raise ValueError(f"rewards must have shape {(batch, t - 1)}, got {r.shape}")
+        first = np.full(batch, NO_REWARD_SEEN) if since_reward is None else np.asarray(since_reward)
+        if first.shape != (batch,) or (first.size and not np.issubdtype(first.dtype, np.integer)) or (first < 0).any():
+            raise ValueError(f"since_reward must be {batch} integers >= 0, got {since_reward!r}")
+        clock = np.empty((batch, t + 1), np.int64)
+        clock[:, 0], clock[:, 1] = NO_REWARD_SEEN, np.minimum(first, NO_REWARD_SEEN)
+        for k in range(1, t):
+            clock[:, k + 1] = np.where(r[:, k - 1] != 0, 0, np.minimum(clock[:, k] + 1, NO_REWARD_SEEN))
+        return torch.as_tensor(clock, device=self.device)
 
     def _copy_into_ring(self, ids: torch.Tensor, scratch) -> None:
         """Copy a subset's scratch cache, primed from the shared ring's write slot, into the ring.
@@ -228,10 +259,11 @@ class Simulator:
                 x0 = self._pass(torch.cat([self.pending_tokens, x], dim=1), torch.cat([ctx, level], dim=1),
                                 torch.cat([self.pending_action, acts], dim=1),
                                 torch.cat([self.pending_position, positions], dim=1), write=1,
-                                prev_tokens=self.pending_prev, skip_tokens=self.pending_clean)
+                                prev_tokens=self.pending_prev, skip_tokens=self.pending_clean,
+                                since_reward=torch.cat([self.pending_since, self.since], dim=1) if self.clocked else None)
             else:
                 x0 = self._pass(x, level, acts, positions, write=0, prev_tokens=self.pending_tokens,
-                                skip_tokens=self.pending_clean)
+                                skip_tokens=self.pending_clean, since_reward=self.since if self.clocked else None)
             x = euler_step(x, x0, s, s_next)
         shown = tensor_to_frames(self.model.tokenizer.decode(x))                       # (B, 1, H, W, 3) uint8
         if self.quantize:
@@ -243,6 +275,9 @@ class Simulator:
         self.pending_prev = self.pending_tokens
         self.pending_tokens, self.pending_clean = self._noised(x, ctx), x
         self.pending_action, self.pending_position, self.pending_shown = acts.clone(), positions, shown
+        if self.clocked:
+            hit = torch.as_tensor(rewards != 0, device=self.device)[:, None]
+            self.pending_since, self.since = self.since, torch.where(hit, 0, (self.since + 1).clamp(max=NO_REWARD_SEEN))
         self.step_count += 1
         return shown[:, 0].cpu().numpy(), rewards, terminated
 
