@@ -58,19 +58,23 @@ NO_REWARD_SEEN = 2**31 - 1
 """The reward clock of a frame with no non-zero reward before it (:func:`frames_since_reward`)."""
 
 
-def frames_since_reward(rewards: np.ndarray) -> np.ndarray:
-    """The reward clock of every frame of an episode: ``rewards (T,)`` of its transitions ->
-    ``(T + 1,)`` int64, for frame ``k`` how many frames ago the last non-zero reward landed
-    (0 on the frame a rewarded transition leads to; :data:`NO_REWARD_SEEN` before the first).
+def frames_since_reward(rewards: np.ndarray, start=NO_REWARD_SEEN) -> np.ndarray:
+    """The reward clock of every frame of an episode: ``rewards (..., T)`` of its transitions ->
+    ``(..., T + 1)`` int64, for frame ``k`` how many frames ago the last non-zero reward landed
+    (0 on the frame a rewarded transition leads to; :data:`NO_REWARD_SEEN` before the first,
+    saturating there).
+
+    Args:
+        start: the clock of frame 0, a scalar or ``(...)`` (default: none seen).
 
     This is what a dynamics model with ``reward_clock`` conditions on (the clock of the frame
     before the one it makes); the Simulator counts it from its reward model's verdicts.
     """
-    r = np.asarray(rewards)
-    clock = np.empty(len(r) + 1, np.int64)
-    clock[0] = NO_REWARD_SEEN
-    for k, hit in enumerate(r != 0, start=1):
-        clock[k] = 0 if hit else min(clock[k - 1] + 1, NO_REWARD_SEEN)
+    hit = np.asarray(rewards) != 0
+    clock = np.empty((*hit.shape[:-1], hit.shape[-1] + 1), np.int64)
+    clock[..., 0] = np.minimum(start, NO_REWARD_SEEN)
+    for k in range(hit.shape[-1]):
+        clock[..., k + 1] = np.where(hit[..., k], 0, np.minimum(clock[..., k] + 1, NO_REWARD_SEEN))
     return clock
 
 

@@ -310,7 +310,7 @@ class OnnxStepper:
             raise ValueError(f"the onnx graph predicts the last frame only (predict=1), got predict={predict}")
         b, f = tokens.shape[:2]
         inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_frames())
-        if len(self._inputs) > len(INPUTS):     # the reward clock; the graph caps it
+        if self._clock_cap:                     # the reward clock; the graph caps it
             inputs += (torch.full_like(actions, self._clock_cap) if since_reward is None else since_reward,)
         out = self._outputs.get((b, f))
         if out is None:

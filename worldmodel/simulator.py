@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import torch
 
-from recorders.dataset import NO_REWARD_SEEN
+from recorders.dataset import NO_REWARD_SEEN, frames_since_reward
 from worldmodel.bundle import ModelBundle
 from worldmodel.device import fast_bfloat16
 from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
@@ -208,10 +208,7 @@ class Simulator:
         first = np.full(batch, NO_REWARD_SEEN) if since_reward is None else np.asarray(since_reward)
         if first.shape != (batch,) or (first.size and not np.issubdtype(first.dtype, np.integer)) or (first < 0).any():
             raise ValueError(f"since_reward must be {batch} integers >= 0, got {since_reward!r}")
-        clock = np.empty((batch, t + 1), np.int64)
-        clock[:, 0], clock[:, 1] = NO_REWARD_SEEN, np.minimum(first, NO_REWARD_SEEN)
-        for k in range(1, t):
-            clock[:, k + 1] = np.where(r[:, k - 1] != 0, 0, np.minimum(clock[:, k] + 1, NO_REWARD_SEEN))
+        clock = np.concatenate([np.full((batch, 1), NO_REWARD_SEEN), frames_since_reward(r, first)], axis=1)
         return torch.as_tensor(clock, device=self.device)
 
     def _copy_into_ring(self, ids: torch.Tensor, scratch) -> None:
