@@ -91,6 +91,86 @@ def test_commit_and_denoise_in_one_pass_equals_two_passes(dyn):
     assert sorted(one.frame_pos[0].tolist()) == list(range(1, c))
 
 
+def test_committing_pass_is_unmasked_only_over_a_full_window(tiny_bundle, monkeypatch):
+    """The committing pass takes its unmasked form (two attentions per block, none masked, the
+    last block's first frame skipped) only where every ring holds the frames just before it,
+    at any ring offset; the result then is the masked form's."""
+    dyn = tiny_bundle.dynamics
+    c, depth = dyn.cfg.context_frames, dyn.cfg.depth
+    slots = c - 1
+    tokens, levels, actions = _inputs(dyn, c + 6, seed=4)
+    skip = torch.randn_like(tokens)
+    pos = torch.arange(c + 6).expand(2, -1)
+    cache = dyn.new_cache(2)
+    with torch.no_grad():
+        dyn(tokens[:, :slots - 1], levels[:, :slots - 1], actions[:, :slots - 1], cache=cache, write=slots - 1)
+        assert not cache.holds_window_before(pos[:, slots - 1])         # one slot still empty
+        dyn(tokens[:, slots - 1:slots], levels[:, slots - 1:slots], actions[:, slots - 1:slots], pos[:, slots - 1:slots],
+            cache=cache, write=1)
+        for t in range(slots, slots + 5):                                # the ring wraps: next_slot 0, 1, ...
+            assert cache.holds_window_before(pos[:, t])
+            assert not cache.holds_window_before(pos[:, t] + 1)
+            masks = []
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+
+            def spy(*args, attn_mask=None, **kwargs):
+                masks.append(attn_mask)
+                return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+            monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+            before = (cache.k.clone(), cache.v.clone(), cache.frame_pos.clone(), cache.next_slot)
+            fast = dyn(tokens[:, t:t + 2], levels[:, t:t + 2], actions[:, t:t + 2], pos[:, t:t + 2], cache=cache,
+                       write=1, prev_tokens=tokens[:, t - 1:t], skip_tokens=skip[:, t + 1:t + 2], predict=1)
+            monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+            assert len(masks) == 2 * depth - 1 and all(m is None for m in masks)
+            after = (cache.k.clone(), cache.v.clone(), cache.frame_pos.clone(), cache.next_slot)
+            cache.k.copy_(before[0]), cache.v.copy_(before[1]), cache.frame_pos.copy_(before[2])
+            cache.next_slot = before[3]
+            monkeypatch.setattr(KVCache, "holds_window_before", lambda self, p: False)
+            masked = dyn(tokens[:, t:t + 2], levels[:, t:t + 2], actions[:, t:t + 2], pos[:, t:t + 2], cache=cache,
+                         write=1, prev_tokens=tokens[:, t - 1:t], skip_tokens=skip[:, t + 1:t + 2], predict=1)
+            monkeypatch.undo()
+            torch.testing.assert_close(fast, masked, atol=ATOL, rtol=0)
+            torch.testing.assert_close(after[0], cache.k, atol=ATOL, rtol=0)
+            torch.testing.assert_close(after[1], cache.v, atol=ATOL, rtol=0)
+            assert torch.equal(after[2], cache.frame_pos) and after[3] == cache.next_slot
+        cache.clear(torch.tensor([True, False]))
+        assert not cache.holds_window_before(pos[:, slots + 5])          # one dream starts over
+
+
+def test_interleaved_rotary_copy_computes_the_same(dyn):
+    """A copy whose rotary pairs are interleaved (the Simulator's) gives the model's outputs,
+    uncached and cached, and caches the same keys in its own order of each head's dimensions."""
+    import copy
+
+    from worldmodel.dynamics import interleaved_order
+
+    fast = copy.deepcopy(dyn).interleave_rotary()
+    assert fast.rotary_interleaved and not dyn.rotary_interleaved
+    c = dyn.cfg.context_frames
+    tokens, levels, actions = _inputs(dyn, c + 1, seed=2)
+    skip = torch.randn_like(tokens)
+    pos = torch.arange(c + 1).expand(2, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(tokens, levels, actions, skip_tokens=skip),
+                                   dyn(tokens, levels, actions, skip_tokens=skip), atol=ATOL, rtol=0)
+        caches = [dyn.new_cache(2), fast.new_cache(2)]
+        outs = [m(tokens[:, :c - 1], levels[:, :c - 1], actions[:, :c - 1], cache=cache, write=c - 1)
+                for m, cache in zip((dyn, fast), caches)]
+        outs += [m(tokens[:, c - 1:], levels[:, c - 1:], actions[:, c - 1:], pos[:, c - 1:], cache=cache, write=1,
+                   prev_tokens=tokens[:, c - 2:c - 1], skip_tokens=skip[:, c:], predict=1)
+                 for m, cache in zip((dyn, fast), caches)]
+    torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(outs[3], outs[2], atol=ATOL, rtol=0)
+    order = interleaved_order(dyn.head_dim)
+    torch.testing.assert_close(caches[1].k, caches[0].k[..., order], atol=ATOL, rtol=0)
+    torch.testing.assert_close(caches[1].v, caches[0].v, atol=ATOL, rtol=0)
+    # The keys do differ in order: comparing them unpermuted can fail.
+    assert (caches[1].k - caches[0].k).abs().max() > 100 * ATOL
+    with pytest.raises(RuntimeError, match="interleaved already"):
+        fast.interleave_rotary()
+
+
 def test_cache_is_bounded(dyn):
     cfg = dyn.cfg
     cache = dyn.new_cache(2)
@@ -167,12 +247,12 @@ def test_reset_with_long_history_keeps_the_window(tiny_bundle, pong_trajectory):
     sim.reset(frames[None, :10], actions[None, :9])
     assert sorted(sim.cache.frame_pos[0].tolist()) == [6, 7, 8] and sim.positions.tolist() == [9]
     # Equal to priming with just the last window at the same absolute positions.
-    ref = tiny_bundle.dynamics.new_cache(1)
+    ref = sim.dynamics.new_cache(1)
     from worldmodel.tokenizer import frames_to_tensor
 
     tokens = tiny_bundle.tokenizer.encode(frames_to_tensor(torch.as_tensor(frames[None, 6:9])))
     with torch.no_grad():
-        tiny_bundle.dynamics(tokens, torch.zeros(1, 3), torch.as_tensor(actions[None, 5:8]),
+        sim.dynamics(tokens, torch.zeros(1, 3), torch.as_tensor(actions[None, 5:8]),
                              torch.arange(6, 9)[None], cache=ref, write=3)
     torch.testing.assert_close(sim.cache.k, ref.k, atol=1e-5, rtol=0)
     assert torch.equal(sim.cache.frame_pos, ref.frame_pos)
@@ -371,7 +451,9 @@ def test_bfloat16_precision_steps_a_bfloat16_copy(tiny_bundle):
     sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
     frames, rewards, ends = sim.step(np.array([2, 3]))
     assert frames.dtype == np.uint8 and frames.shape == (2, *sim.frame_shape) and rewards.shape == ends.shape == (2,)
-    assert Simulator(tiny_bundle, precision="float32").dynamics is tiny_bundle.dynamics
+    plain = Simulator(tiny_bundle, precision="float32").dynamics
+    assert next(plain.parameters()).dtype == torch.float32 and plain.rotary_interleaved
+    assert not tiny_bundle.dynamics.rotary_interleaved                        # a copy, the bundle untouched
     with pytest.raises(ValueError, match="float64"):
         Simulator(tiny_bundle, precision="float64")
     with pytest.raises(ValueError, match="onnx"):

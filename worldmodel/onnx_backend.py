@@ -57,8 +57,9 @@ from worldmodel.dynamics import DynamicsModel
 OPSET = 23
 INPUTS = ("tokens", "level", "action", "position", "prev_tokens", "skip_tokens", "past_k", "past_v", "past_frames")
 OUTPUTS = ("x0", "new_k", "new_v")
-GRAPH_VERSION = 2
-"""Bumped when the exported computation changes (2: the last frame's prediction only, exact GELU),
+GRAPH_VERSION = 3
+"""Bumped when the exported computation changes (2: the last frame's prediction only, exact GELU;
+3: the last block computes only the predicted frame),
 so that graphs cached by an earlier version are not reused."""
 
 

@@ -11,6 +11,7 @@ from recorders.dataset import NO_REWARD_SEEN, frames_since_reward
 from worldmodel.bundle import ModelBundle
 from worldmodel.device import fast_bfloat16
 from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
+from worldmodel.dynamics import DynamicsModel
 from worldmodel.onnx_backend import OnnxStepper, auto_prefers_onnx, graph_path, runtime_available
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
 
@@ -44,9 +45,9 @@ class Simulator:
         seed: seeds the sampling noise; the same seed and inputs give the same dream.
         sampling_steps: denoising steps per frame (default: the bundle's sampler).
         context_noise: noise level of frames written into the cache (default: the bundle's).
-        precision: the torch backend's arithmetic for the dynamics model: ``"float32"``,
-            ``"bfloat16"`` (a bfloat16 copy of the model and a bfloat16 KV cache; the palette,
-            the frames and the reward model stay float32) or ``"auto"``: bfloat16 where the
+        precision: the torch backend's arithmetic for the dynamics and reward models:
+            ``"float32"``, ``"bfloat16"`` (bfloat16 copies of both models and a bfloat16 KV
+            cache; the palette and the frames stay float32) or ``"auto"``: bfloat16 where the
             device multiplies it natively (:func:`worldmodel.device.fast_bfloat16`: a CPU with
             AMX or AVX512-BF16, a CUDA GPU from Ampere on) and the backend is torch, else
             float32. The models are trained under bfloat16 autocast where it is native.
@@ -68,7 +69,11 @@ class Simulator:
         self._onnx = OnnxStepper(model.dynamics, self.device) if self.backend == "onnx" else None
         self.precision = resolve_precision(precision, self.device, self.backend)
         dtype = PRECISIONS[self.precision]
-        self.dynamics = model.dynamics if dtype == torch.float32 else _cast_copy(model.dynamics, dtype)
+        # The torch model primes the cache on either backend; the onnx graph reads keys in the
+        # checkpoint's order of dimensions, so it gets the model itself (float32).
+        self.dynamics = model.dynamics if self._onnx else _inference_copy(model.dynamics, dtype)
+        reward = model.reward_model
+        self.reward_model = reward if reward is None or dtype == torch.float32 else copy.deepcopy(reward).to(dtype)
         self.steps = model.sampler.steps if sampling_steps is None else sampling_steps
         self.schedule = sampling_schedule(self.steps, model.sampler.noise_shift)
         self.context_noise = model.sampler.context_noise if context_noise is None else context_noise
@@ -281,9 +286,9 @@ class Simulator:
     def _reward_and_end(self, shown: torch.Tensor, actions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The reward model's verdict on ``pending -> shown``: rewards ``(B,)`` float32, terminated ``(B,)`` bool
         (zeros and False for a bundle without a reward model)."""
-        if self.model.reward_model is None:
+        if self.reward_model is None:
             return np.zeros(self.batch_size, np.float32), np.zeros(self.batch_size, bool)
-        rewards, terminated = self.model.reward_model.predict(self.pending_shown[:, 0], shown, actions)
+        rewards, terminated = self.reward_model.predict(self.pending_shown[:, 0], shown, actions)
         return rewards.cpu().numpy().astype(np.float32), terminated.cpu().numpy()
 
 
@@ -333,11 +338,13 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "torc
     return precision
 
 
-def _cast_copy(dynamics: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of ``dynamics`` in ``dtype`` whose palette (the colours it draws) and copy bias (a
-    score added in float32) stay float32."""
+def _inference_copy(dynamics: DynamicsModel, dtype: torch.dtype) -> DynamicsModel:
+    """The Simulator's copy of ``dynamics``: in ``dtype``, with its palette (the colours it
+    draws) and copy bias (a score added in float32) kept float32, and its rotary pairs
+    interleaved (:meth:`~worldmodel.dynamics.DynamicsModel.interleave_rotary`: the same
+    frames, faster). The bundle's own model is left as it is."""
     cast = copy.deepcopy(dynamics).to(dtype)
     if getattr(dynamics, "palette", None) is not None:
         cast.palette = dynamics.palette.clone()
         cast.copy_bias.data = dynamics.copy_bias.data.clone()
-    return cast
+    return cast.interleave_rotary()
