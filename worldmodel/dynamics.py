@@ -514,7 +514,6 @@ class DynamicsModel(nn.Module):
             rope = rotary_phases(token_pos, self.head_dim, self.cfg.rope_base)
         else:
             rope = tuple(t.to(x.dtype) for t in rotary_tables(token_pos, self.head_dim, self.cfg.rope_base))
-        query_frames = token_pos[..., 0]                                            # (B, F*N)
         if predict is not None and not 1 <= predict <= f:
             raise ValueError(f"predict must be in [1, {f}] for {f} frames, got {predict}")
         # Committing a full window: the attention's unmasked form (CausalSelfAttention). Not in
@@ -522,6 +521,7 @@ class DynamicsModel(nn.Module):
         if isinstance(cache, KVCache) and write == 1 and f == 2 and cache.holds_window_before(positions[:, 0]):
             mask = None
         else:
+            query_frames = token_pos[..., 0]                                        # (B, F*N)
             key_frames = query_frames if cache is None else torch.cat([cache.token_frames(), query_frames], dim=1)
             mask = context_window_mask(query_frames, key_frames, self.cfg.context_frames)   # (B, 1, L, S + L)
             if cache is not None:  # additive, made once here rather than by attention in every layer
