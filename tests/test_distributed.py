@@ -79,6 +79,7 @@ def _worker(rank: int, world_size: int, port: int, out_dirs: list[str], steps: i
                    **{f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()}},
                   str(Path(result_dir) / f"rank{rank}.safetensors"))
         (Path(result_dir) / f"rank{rank}.json").write_text(json.dumps(logs))
+        distributed.barrier()   # as the pipeline's entry point leaves
     finally:
         distributed.shutdown()
 

@@ -512,6 +512,7 @@ def main() -> None:
         distributed = Distributed.from_env()  # RANK, WORLD_SIZE, LOCAL_RANK from torchrun (absent: 1 process)
         try:
             run(build_config(cfg), distributed=distributed)
+            distributed.barrier()   # every rank done before any leaves: gloo aborts a rank whose peer closes first
         finally:
             distributed.shutdown()
 
