@@ -112,12 +112,36 @@ def test_dream_rewards_match_the_reward_model_on_the_shown_frames(tiny_bundle):
     prev = sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
     for action in ([2, 3], [0, 1], [4, 5]):
         frames, rewards, terminated = sim.step(np.array(action))
-        with torch.no_grad():
-            r, e = tiny_bundle.reward_model.predict(torch.as_tensor(prev), torch.as_tensor(frames),
-                                                    torch.tensor(action))
+        with torch.no_grad():   # the Simulator's copy: bfloat16 where the dynamics run in bfloat16
+            r, e = sim.reward_model.predict(torch.as_tensor(prev), torch.as_tensor(frames), torch.tensor(action))
         np.testing.assert_array_equal(rewards, r.numpy())
         np.testing.assert_array_equal(terminated, e.numpy())
         prev = frames
+
+
+def test_bfloat16_copy_of_the_shipped_reward_model_decides_as_float32():
+    """The Simulator's bfloat16 reward model decides the shipped Pong model's held-out transitions,
+    every point among them, as the float32 model does."""
+    import worldmodel
+    from recorders.dataset import episode_paths, load_episode
+
+    model = worldmodel.load("pong")
+    cast = Simulator(model, backend="torch", precision="bfloat16").reward_model
+    assert next(cast.parameters()).dtype == torch.bfloat16
+    assert next(model.reward_model.parameters()).dtype == torch.float32      # the bundle's model is untouched
+    points = 0
+    for path in episode_paths("training/heldout/pong")[:3]:
+        episode = load_episode(path)
+        frames, actions = torch.from_numpy(episode.frames), torch.from_numpy(episode.actions).long()
+        for s in range(0, len(actions), 512):
+            a = actions[s:s + 512]
+            prev, nxt = frames[s:s + len(a)], frames[s + 1:s + 1 + len(a)]
+            with torch.no_grad():
+                r32, e32 = model.reward_model.predict(prev, nxt, a)
+                r16, e16 = cast.predict(prev, nxt, a)
+            assert torch.equal(r16, r32) and torch.equal(e16, e32)
+            points += int((r32 != 0).sum())
+    assert points >= 20                                                      # the decisions that matter are in it
 
 
 def test_without_a_reward_model_the_dream_earns_nothing(tiny_bundle):
