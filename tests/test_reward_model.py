@@ -124,13 +124,14 @@ def test_bfloat16_copy_of_the_shipped_reward_model_decides_as_float32():
     every point among them, as the float32 model does."""
     import worldmodel
     from recorders.dataset import episode_paths, load_episode
+    from training.evaluate import SHIPPED_HELDOUT
 
     model = worldmodel.load("pong")
     cast = Simulator(model, backend="torch", precision="bfloat16").reward_model
     assert next(cast.parameters()).dtype == torch.bfloat16
     assert next(model.reward_model.parameters()).dtype == torch.float32      # the bundle's model is untouched
     points = 0
-    for path in episode_paths("training/heldout/pong")[:3]:
+    for path in episode_paths(SHIPPED_HELDOUT / "pong")[:3]:
         episode = load_episode(path)
         frames, actions = torch.from_numpy(episode.frames), torch.from_numpy(episode.actions).long()
         for s in range(0, len(actions), 512):
