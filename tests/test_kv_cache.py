@@ -104,12 +104,13 @@ def test_committing_pass_is_unmasked_only_over_a_full_window(tiny_bundle, monkey
     cache = dyn.new_cache(2)
     with torch.no_grad():
         dyn(tokens[:, :slots - 1], levels[:, :slots - 1], actions[:, :slots - 1], cache=cache, write=slots - 1)
-        assert not cache.holds_window_before(pos[:, slots - 1])         # one slot still empty
+        assert not cache.holds_window_before(pos[:, slots - 1:slots + 1])   # one slot still empty
         dyn(tokens[:, slots - 1:slots], levels[:, slots - 1:slots], actions[:, slots - 1:slots], pos[:, slots - 1:slots],
             cache=cache, write=1)
         for t in range(slots, slots + 5):                                # the ring wraps: next_slot 0, 1, ...
-            assert cache.holds_window_before(pos[:, t])
-            assert not cache.holds_window_before(pos[:, t] + 1)
+            assert cache.holds_window_before(pos[:, t:t + 2])
+            assert not cache.holds_window_before(pos[:, t:t + 2] + 1)
+            assert not cache.holds_window_before(pos[:, [t, t + 2]])          # frames not consecutive
             masks = []
             sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -135,7 +136,7 @@ def test_committing_pass_is_unmasked_only_over_a_full_window(tiny_bundle, monkey
             torch.testing.assert_close(after[1], cache.v, atol=ATOL, rtol=0)
             assert torch.equal(after[2], cache.frame_pos) and after[3] == cache.next_slot
         cache.clear(torch.tensor([True, False]))
-        assert not cache.holds_window_before(pos[:, slots + 5])          # one dream starts over
+        assert not cache.holds_window_before(pos[:, slots + 5:slots + 7])   # one dream starts over
 
 
 def test_interleaved_rotary_copy_computes_the_same(dyn):

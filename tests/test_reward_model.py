@@ -108,12 +108,14 @@ def test_dream_rewards_come_from_the_reward_model(tiny_bundle, reward_class, end
 
 
 def test_dream_rewards_match_the_reward_model_on_the_shown_frames(tiny_bundle):
-    sim = Simulator(tiny_bundle, batch_size=2, seed=1)
+    sim = Simulator(tiny_bundle, batch_size=2, seed=1, precision="float32")
+    assert sim.reward_model is tiny_bundle.reward_model          # a bfloat16 Simulator's copy: the test below
     prev = sim.reset(tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy())
     for action in ([2, 3], [0, 1], [4, 5]):
         frames, rewards, terminated = sim.step(np.array(action))
-        with torch.no_grad():   # the Simulator's copy: bfloat16 where the dynamics run in bfloat16
-            r, e = sim.reward_model.predict(torch.as_tensor(prev), torch.as_tensor(frames), torch.tensor(action))
+        with torch.no_grad():
+            r, e = tiny_bundle.reward_model.predict(torch.as_tensor(prev), torch.as_tensor(frames),
+                                                    torch.tensor(action))
         np.testing.assert_array_equal(rewards, r.numpy())
         np.testing.assert_array_equal(terminated, e.numpy())
         prev = frames

@@ -399,7 +399,9 @@ class DynamicsModel(nn.Module):
         together sit side by side (:func:`interleaved_order`), and rotate them as complex numbers.
 
         Queries and keys are reordered alike, so every attention score, and every output, is the
-        same: this is an inference copy's speed-up (:class:`~worldmodel.simulator.Simulator`).
+        same (exactly in float32; in bfloat16 up to rounding, the rotations being float32 here and
+        bfloat16 tables in the rotate-half form): an inference copy's speed-up
+        (:class:`~worldmodel.simulator.Simulator`).
         Its weights are no longer the checkpoint's layout, and its KV cache holds keys in the
         new order: do not save it or mix its cache with another model's.
 
@@ -518,7 +520,8 @@ class DynamicsModel(nn.Module):
             raise ValueError(f"predict must be in [1, {f}] for {f} frames, got {predict}")
         # Committing a full window: the attention's unmasked form (CausalSelfAttention). Not in
         # an exported graph, whose stand-in cache is no ring (and whose frame count is free).
-        if isinstance(cache, KVCache) and write == 1 and f == 2 and cache.holds_window_before(positions[:, 0]):
+        if (isinstance(cache, KVCache) and write == 1 and f == 2 and cache.slots == self.cfg.context_frames - 1
+                and cache.holds_window_before(positions)):
             mask = None
         else:
             query_frames = token_pos[..., 0]                                        # (B, F*N)

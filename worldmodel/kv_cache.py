@@ -106,12 +106,13 @@ class KVCache:
         self.next_slot = int((self.next_slot + frames) % self.slots)
 
     def holds_window_before(self, positions: torch.Tensor) -> bool:
-        """Whether every dream's ring holds exactly the ``slots`` frames before its frame
-        ``positions (B,)`` int64, oldest in the next slot to be written (the steady state of a
-        rollout, after ``slots`` frames)."""
+        """Whether the new frames ``positions (B, F)`` int64 are consecutive and every dream's ring
+        holds exactly the ``slots`` frames before its first one, oldest in the next slot to be
+        written (the steady state of a rollout, after ``slots`` frames)."""
         age = (torch.arange(self.slots, device=self.frame_pos.device) - self.next_slot) % self.slots
-        held = self.frame_pos == positions[:, None] - self.slots + age
-        return bool((held & (self.frame_pos >= 0)).all())
+        held = (self.frame_pos == positions[:, :1] - self.slots + age) & (self.frame_pos >= 0)
+        consecutive = positions[:, 1:] == positions[:, :-1] + 1
+        return bool(held.all() & consecutive.all())
 
     def last_position(self) -> torch.Tensor:
         """``(B,)`` index of the newest cached frame (-1 where empty)."""

@@ -28,7 +28,8 @@ class Simulator:
     new frame: one pass per sampling step, none extra for the cache. The cache is a ring of
     ``context_frames - 1`` frames, so a step costs the same at step 10 and step 10,000.
     Rewards and episode ends come from the bundle's reward model
-    (:mod:`worldmodel.reward_model`) on the frame shown last and the new one; a dynamics
+    (:mod:`worldmodel.reward_model`; a bfloat16 copy at ``precision="bfloat16"``) on the frame
+    shown last and the new one; a dynamics
     model with a reward clock (``DynamicsConfig.reward_clock``) is conditioned on how many
     frames ago the reward model last saw a non-zero reward.
 
@@ -342,7 +343,7 @@ def _inference_copy(dynamics: DynamicsModel, dtype: torch.dtype) -> DynamicsMode
     """The Simulator's copy of ``dynamics``: in ``dtype``, with its palette (the colours it
     draws) and copy bias (a score added in float32) kept float32, and its rotary pairs
     interleaved (:meth:`~worldmodel.dynamics.DynamicsModel.interleave_rotary`: the same
-    frames, faster). The bundle's own model is left as it is."""
+    scores up to rounding, faster). The bundle's own model is left as it is."""
     cast = copy.deepcopy(dynamics).to(dtype)
     if getattr(dynamics, "palette", None) is not None:
         cast.palette = dynamics.palette.clone()
