@@ -57,8 +57,9 @@ def rotary_split(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * spatial, spatial, spatial
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables ``(B, 1, L, head_dim)`` for per-token positions ``(B, L, 3)`` (frame, row, column).
+def rotary_angles(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """Rotation angles ``(B, L, head_dim/2)`` float32 (radians) of the rotated pairs, for
+    per-token positions ``(B, L, 3)`` (frame, row, column).
 
     Each axis rotates its own slice of the head's dimensions (a 3-D RoPE), so attention
     scores depend on the relative frame offset and the relative position in the grid.
@@ -67,7 +68,12 @@ def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[
     for axis, dims in enumerate(rotary_split(head_dim)):
         inv = 1.0 / base ** (torch.arange(0, dims, 2, device=positions.device, dtype=torch.float32) / dims)
         angles.append(positions[..., axis].float()[..., None] * inv)            # (B, L, dims/2)
-    angles = torch.cat(angles, dim=-1)
+    return torch.cat(angles, dim=-1)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(B, 1, L, head_dim)`` of :func:`rotary_angles`, for the rotate-half form."""
+    angles = rotary_angles(positions, head_dim, base)
     angles = torch.cat([angles, angles], dim=-1)[:, None]                        # (B, 1, L, Dh)
     return angles.cos(), angles.sin()
 
@@ -79,11 +85,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def rotary_phases(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
-    """The rotations of :func:`rotary_tables` as unit complex numbers ``(B, L, 1, head_dim/2)``
+    """The rotations of :func:`rotary_angles` as unit complex numbers ``(B, L, 1, head_dim/2)``
     complex64, for the interleaved form (:meth:`DynamicsModel.interleave_rotary`)."""
-    cos, sin = rotary_tables(positions, head_dim, base)
-    half = head_dim // 2
-    return torch.complex(cos[:, 0, :, None, :half], sin[:, 0, :, None, :half])
+    angles = rotary_angles(positions, head_dim, base)[:, :, None]
+    return torch.complex(angles.cos(), angles.sin())
 
 
 def interleaved_order(head_dim: int) -> torch.Tensor:
