@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from recorders.dataset import WindowSampler, stack_windows
@@ -46,6 +47,10 @@ class StageBudget:
         save_every_minutes: how often a resumable snapshot is written.
         pause_at: stop after this many steps with the schedule of the whole budget, to be
             resumed later (a long run split across sessions); ``None``: run to the end.
+        train_only: names of the parameters to train, each a parameter's full name or the
+            name of a module holding it (``["clock_emb", "clock_in"]``); the others stay as
+            they are (an adapter fine-tune: new inputs learned on a frozen network).
+            ``None``: train every parameter.
     """
 
     steps: int = 1000
@@ -57,6 +62,7 @@ class StageBudget:
     ema: float | None = None
     save_every_minutes: float = 2.0
     pause_at: int | None = None
+    train_only: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,8 +206,9 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
     """
     main = distributed.is_main
     ema = copy.deepcopy(model).requires_grad_(False) if budget.ema else None
+    trained = trainable_parameters(model, budget.train_only)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in trained:
         (decay if p.dim() >= 2 else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": budget.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=budget.lr, betas=(0.9, 0.99))
@@ -255,7 +262,7 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
             loss, logs = forward()
         opt.zero_grad(set_to_none=True)
         loss.backward()                   # with DDP: the gradients arrive averaged over the ranks
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         if ema is not None:
             d = min(budget.ema, (1 + step) / (10 + step))
@@ -288,6 +295,31 @@ def run_stage(name: str, model: torch.nn.Module, loss_fn: Callable[[torch.nn.Mod
     logs.update(step=step, minutes=elapsed / 60)
     final = ema if ema is not None else model
     return final.eval(), logs
+
+
+def trainable_parameters(model: nn.Module, names: list[str] | str | None) -> list[nn.Parameter]:
+    """The parameters of ``model`` that ``names`` selects (see ``StageBudget.train_only``), with
+    ``requires_grad`` set on them and cleared on the others; every parameter for ``None``.
+
+    Raises:
+        ValueError: a name that is neither a parameter nor a module of ``model``, or an empty list.
+    """
+    params = dict(model.named_parameters())
+    if names is None:
+        return list(params.values())
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("train_only is empty: name at least one parameter or module to train")
+    modules = {n for n, _ in model.named_modules() if n}
+    unknown = [n for n in names if n not in params and n not in modules]
+    if unknown:
+        raise ValueError(f"train_only names {unknown}, which {type(model).__name__} does not have; its "
+                         f"top-level modules are {sorted(n for n in modules if '.' not in n)}")
+    chosen = [p for n, p in params.items() if any(n == m or n.startswith(m + ".") for m in names)]
+    model.requires_grad_(False)
+    for p in chosen:
+        p.requires_grad_(True)
+    return chosen
 
 
 def _sync_step(logs: dict[str, float], elapsed: float, save_due: bool, distributed: Distributed,
