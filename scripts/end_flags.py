@@ -1,9 +1,9 @@
 """Where a free-play dream's end flag fires, and what the dream showed before it.
 
-One dream from the bundle's first start window, stepped with random held actions (the long
-run's policy, :func:`training.evaluate.long_run`: ``RandomRepeatPolicy``, holds of up to 8
-steps), prints each onset of the end flag (a run of consecutive flagged steps counts once,
-as the evaluation's ``dream_ends_per_1000`` counts them) with the share of the 16 frames
+One dream of the evaluation's long run (:func:`training.evaluate.free_play`: the bundle's
+first start window, random actions held up to 8 steps), prints each onset of the end flag
+(:func:`training.evaluate.onset_mask`: a run of consecutive flagged steps counts once, as the
+evaluation's ``dream_ends_per_1000`` counts them) with the share of the 16 frames
 before it that show a ball, how many steps the flag stays up, and how often the last
 16 actions were the game's action 1 (FIRE in Breakout). With ``--png`` it saves the frames 6,
 3 and 1 steps before the first four onsets and the onset itself, one row per onset, scaled 3x.
@@ -21,10 +21,8 @@ import argparse
 
 import numpy as np
 
-from recorders.policies import RandomRepeatPolicy
-from training.evaluate import ball_visible
+from training.evaluate import ball_visible, free_play, onset_mask
 from worldmodel.bundle import load
-from worldmodel.simulator import Simulator
 
 
 def main() -> None:
@@ -38,9 +36,7 @@ def main() -> None:
         ap.error(f"--steps must be >= 1, got {args.steps}")
 
     model = load(args.checkpoint)
-    sim = Simulator(model, batch_size=1, seed=args.seed)
-    sim.reset(model.start_frames.numpy()[:1], model.start_actions.numpy()[:1])
-    policy = RandomRepeatPolicy(1, model.dynamics_config.num_actions, max_repeat=8, seed=args.seed)
+    sim, policy = free_play(model, seed=args.seed)
     frames, ends, actions = [], [], []
     for _ in range(args.steps):
         a = policy(None)
@@ -49,7 +45,7 @@ def main() -> None:
         ends.append(bool(end[0]))
         actions.append(int(a[0]))
     frames, ends, actions = np.stack(frames), np.asarray(ends), np.asarray(actions)
-    onsets = np.flatnonzero(ends & ~np.r_[False, ends[:-1]])
+    onsets = np.flatnonzero(onset_mask(ends))
     try:
         seen = ball_visible(frames, model.game)
     except ValueError:                                     # a game without a ball read-out

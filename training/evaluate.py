@@ -578,8 +578,6 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
 
     from tqdm import tqdm
 
-    from recorders.policies import RandomRepeatPolicy
-
     real = np.concatenate([e.frames for e in episodes])
     ref = colour_histogram(real).mean(0)
     limit = saturated_limit_of(real)
@@ -598,10 +596,7 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
             m["ball_visible"] = ball_visible(frames, model.game).astype(np.float64)
         return m
 
-    idx = np.arange(dreams) % len(model.start_frames)
-    sim = Simulator(model, batch_size=dreams, seed=seed, **(sim_options or {}))
-    sim.reset(model.start_frames.numpy()[idx], model.start_actions.numpy()[idx])
-    policy = RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
+    sim, policy = free_play(model, dreams=dreams, seed=seed, max_repeat=max_repeat, sim_options=sim_options)
     series: dict[str, list] = {}
     rewards, ends = 0, []
     recent: deque = deque(maxlen=lead)                     # the first dream's last frames
@@ -639,13 +634,33 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     return summary, arrays
 
 
+def free_play(model: ModelBundle, *, dreams: int = 1, seed: int = 0, max_repeat: int = 8,
+              sim_options: dict | None = None):
+    """The long run's dreams: a ``Simulator`` of ``dreams`` dreams reset on the bundle's start
+    windows (cycled), and its policy of random actions held up to ``max_repeat`` steps
+    (:class:`recorders.policies.RandomRepeatPolicy`, called with ``None``).
+
+    Returns:
+        ``(simulator, policy)``.
+    """
+    from recorders.policies import RandomRepeatPolicy
+
+    idx = np.arange(dreams) % len(model.start_frames)
+    sim = Simulator(model, batch_size=dreams, seed=seed, **(sim_options or {}))
+    sim.reset(model.start_frames.numpy()[idx], model.start_actions.numpy()[idx])
+    return sim, RandomRepeatPolicy(dreams, model.dynamics_config.num_actions, max_repeat=max_repeat, seed=seed)
+
+
+def onset_mask(flags: np.ndarray) -> np.ndarray:
+    """``(steps, ...)`` bool flags -> the same shape, True where a run of consecutive True starts."""
+    flags = np.asarray(flags, bool)
+    return flags & ~np.concatenate([np.zeros_like(flags[:1]), flags[:-1]])
+
+
 def count_onsets(flags: np.ndarray) -> int:
     """``(steps, dreams)`` bool flags -> how many runs of consecutive True there are, per dream
     summed: a game over flagged on each step of its still screen is one game end."""
-    flags = np.asarray(flags, bool)
-    if flags.size == 0:
-        return 0
-    return int(flags[0].sum() + (flags[1:] & ~flags[:-1]).sum())
+    return int(onset_mask(flags).sum())
 
 
 def write_video(model: ModelBundle, episodes: list[Episode], path: str | Path, *, windows: int = 4, horizon: int = 32,
