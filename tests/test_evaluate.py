@@ -19,6 +19,8 @@ from training.evaluate import (
     failed_any,
     heldout_path,
     long_run,
+    longest_run,
+    one_step_structure,
     position_error,
     reward_model_quality,
     rollout_curves,
@@ -183,7 +185,69 @@ def test_long_run_keeps_the_frames_that_led_to_each_breakdown(tiny_bundle, pong_
         assert len(e["frames"]) == min(3, e["step"] + 1)
         checks = screen_checks(e["frames"][-1], "pong", saturated_limit=saturated_limit_of(real))
         assert e["failed"] and all(checks[c] for c in e["failed"])
-        assert not set(e["failed"]) & set(summary["checks_real_play_fails"])
+        runs = summary["longest_run"]                # a check real play fails counts only past its longest run
+        assert all(runs[c]["dream"] > runs[c]["real"] for c in set(e["failed"]) & set(summary["checks_real_play_fails"]))
+
+
+def test_longest_run():
+    assert longest_run(np.array([0, 1, 1, 0, 1, 1, 1, 0], bool)) == 3
+    assert longest_run(np.ones(4, bool)) == 4 and longest_run(np.zeros(4, bool)) == 0
+
+
+def test_a_part_real_play_hides_is_broken_once_the_dream_hides_it_for_longer_than_real_play_does(
+        tiny_bundle, pong_dataset, pong_trajectory, monkeypatch):
+    """Pong hides the opponent's paddle for a while after a point; a dream that never brings
+    it back is broken from the frame its absence outlasts every held-out episode's longest."""
+    import training.evaluate as ev
+
+    episodes = ensure_heldout(EvalConfig(heldout=str(pong_dataset)), "pong")
+    frames, _ = pong_trajectory
+    only_paddle_hidden = [f for f in frames
+                          if [k for k, v in screen_checks(f, "pong").items() if v] == ["no_opponent_paddle"]]
+    hidden = only_paddle_hidden[0]
+
+    class StillDream:
+        def step(self, actions):
+            return hidden[None], np.zeros(1, np.float32), np.zeros(1, bool)
+
+    monkeypatch.setattr(ev, "free_play", lambda model, **kw: (StillDream(), lambda obs: np.zeros(1, np.int64)))
+    summary, series = long_run(tiny_bundle, episodes, steps=60, progress=False)
+    real = summary["longest_run"]["no_opponent_paddle"]["real"]
+    assert "no_opponent_paddle" in summary["checks_real_play_fails"] and 0 < real < 60
+    assert summary["longest_run"]["no_opponent_paddle"]["dream"] == 60
+    beyond = series["broken_beyond_real"]
+    assert not beyond[:real].any() and beyond[real:].all()
+
+
+def test_one_step_counts_each_predicted_frame_broken_where_the_real_one_is_not(tiny_bundle, pong_dataset,
+                                                                               monkeypatch):
+    """Every transition is predicted once; a dream frame counts when it fails a check its real
+    frame passes, and the examples name the episode, the predicted frame and the checks."""
+    import training.evaluate as ev
+
+    episodes = ensure_heldout(EvalConfig(heldout=str(pong_dataset)), "pong")
+    ctx = tiny_bundle.dynamics_config.context_frames
+    seen = []
+
+    def blank_every_third(model, eps, *, horizon, windows, seed, sim_options=None, starts=None):
+        assert horizon == 1 and len(starts) == windows <= 5
+        real = np.stack([e.frames[s + ctx - 1:s + ctx + 1] for e, s in starts])      # (W, 2, H, W, 3)
+        dream = real[:, 1:].copy()
+        for j, (e, s) in enumerate(starts):
+            seen.append((id(e), s))
+            if (s + ctx) % 3 == 0:
+                dream[j] = 0                                                           # a blank frame
+        return real, dream
+
+    monkeypatch.setattr(ev, "teacher_forced_rollout", blank_every_third)
+    out = one_step_structure(tiny_bundle, episodes, batch=5, max_examples=3)
+    every = [(id(e), s) for e in episodes for s in range(len(e.frames) - ctx)]
+    assert seen == every and out["transitions"] == len(every)
+    blanked = sum((s + ctx) % 3 == 0 for _, s in every)
+    assert out["broken_where_real_is_not"] == pytest.approx(blanked / len(every))
+    assert out["failed_where_real_passes"]["blank"] == pytest.approx(blanked / len(every))
+    assert len(out["examples"]) == 3
+    assert all(x["frame"] % 3 == 0 and "blank" in x["failed"] for x in out["examples"])
 
 
 def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_dataset, tmp_path):
@@ -206,6 +270,10 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
     assert 0 <= rates["dream_rewards_per_1000"] <= 1000 and 0 <= rates["dream_ends_per_1000"] <= 1000
     assert rates["real_rewards_per_1000"] >= 0 and rates["real_ends_per_1000"] >= 0
     assert set(on_disk["reward_model"]) == {"reward", "end"}
+    one = on_disk["one_step"]
+    episodes = ensure_heldout(cfg, "pong")
+    assert one["transitions"] == sum(len(e.frames) - tiny_bundle.dynamics_config.context_frames for e in episodes)
+    assert 0.0 <= one["broken_where_real_is_not"] <= 1.0 and "blank" in one["failed_where_real_passes"]
     for name in ("drift.png", "long_run.png", "real_vs_dream.gif", "curves.npz"):
         assert (out / name).stat().st_size > 0
     assert all(0 <= b["step"] < 4 and b["failed"] for b in on_disk["long_run"]["breakdowns"])

@@ -137,7 +137,8 @@ def test_set_palette_names_a_wrong_shape():
         DynamicsConfig(palette_size=1)
 
 
-def test_the_palette_loss_is_cross_entropy_and_learns():
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_the_palette_loss_is_cross_entropy_and_learns(gamma):
     rng = np.random.default_rng(0)
     # Every pixel steps to the next palette colour each frame: copying the previous frame is
     # always wrong, and the frame before says exactly what comes.
@@ -148,8 +149,15 @@ def test_the_palette_loss_is_cross_entropy_and_learns():
                       terminated=np.zeros(n, bool), truncated=np.zeros(n, bool))
     tok = build_tokenizer(TokenizerConfig(kind="patch", frame_size=8, patch_size=4))
     model = _model()
-    loss_fn = dynamics_loss_fn(WindowSampler([episode], 4, seed=0), 4, torch.device("cpu"), tok, moving_weight=0.0,
-                               generator=torch.Generator().manual_seed(0))
+
+    def make_loss(g):
+        return dynamics_loss_fn(WindowSampler([episode], 4, seed=0), 4, torch.device("cpu"), tok, moving_weight=0.0,
+                                generator=torch.Generator().manual_seed(0), focal_gamma=g)
+
+    loss_fn, cross_entropy = make_loss(gamma), make_loss(0.0)
+    with torch.no_grad():                                  # the same windows and noise
+        first_focal, first_ce = float(loss_fn(model)[0]), float(cross_entropy(model)[0])
+    assert first_focal < first_ce if gamma else first_focal == first_ce
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):
@@ -157,9 +165,10 @@ def test_the_palette_loss_is_cross_entropy_and_learns():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        with torch.no_grad():
+            losses.append(float(loss) if not gamma else float(cross_entropy(model)[0]))
     # Guessing among the 4 colours costs log 4 = 1.39 nats a pixel; the copy bias (always wrong
-    # here) starts above it.
+    # here) starts above it. The focal loss (gamma 2) learns it too, scored by the cross-entropy.
     assert losses[0] > np.log(4) and np.mean(losses[-10:]) < 0.5, losses[::10]
 
 

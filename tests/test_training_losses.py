@@ -141,3 +141,28 @@ def test_training_probabilities_are_checked(name):
 
     with pytest.raises(ValueError, match=f"{name} must be a probability"):
         build_config({"game": "pong", "preset": "tiny", name: 1.5})
+
+
+def test_focal_cross_entropy_weights_each_pixel_by_how_wrong_the_model_is():
+    from training.loops import focal_cross_entropy
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    targets = torch.tensor([0, 0, 0])                     # confident and right, unsure, confident and wrong
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    torch.testing.assert_close(focal_cross_entropy(logits, targets, 0.0), ce)
+    p = torch.softmax(logits, -1)[:, 0]
+    focal = focal_cross_entropy(logits, targets, 2.0)
+    torch.testing.assert_close(focal, (1 - p) ** 2 * ce)
+    share = focal / ce                                    # the weight each item keeps
+    assert share[0] < 0.002 < share[1] < share[2] < 1     # the right pixel all but drops out
+
+
+def test_focal_gamma_is_checked():
+    from training.pipeline import build_config
+
+    palette = {"dynamics": {"palette_size": 32}}
+    assert build_config({"game": "pong", "preset": "tiny", "focal_gamma": 2.0, "model": palette}).focal_gamma == 2.0
+    with pytest.raises(ValueError, match="focal_gamma must be >= 0, got -1"):
+        build_config({"game": "pong", "preset": "tiny", "focal_gamma": -1.0, "model": palette})
+    with pytest.raises(ValueError, match="focal_gamma=2.0 needs the palette output"):
+        build_config({"game": "pong", "preset": "tiny", "focal_gamma": 2.0, "model": {"dynamics": {"palette_size": 0}}})

@@ -14,6 +14,10 @@ with the frames that led to it) into ``out``. The figures:
   frames, PSNR on moving pixels (pixels where the real frame differs from the previous real
   frame), and for Pong and Breakout the error of the ball's and the player paddle's positions
   read out by colour (:mod:`envs.readout`). A copy-the-last-real-frame baseline beside each.
+- **One step ahead**: every held-out frame predicted from the real frames before it, and the
+  share the screen checks of the long run (below) find broken where the real frame is not:
+  what the model cannot draw even from the game's own past, apart from what builds up in
+  free play.
 - **Controllability**: Genie's ΔPSNR (Bruce et al. 2024, "Genie: Generative Interactive
   Environments", section 3.1): PSNR of the dream with the real actions minus PSNR of the
   dream with uniformly random actions, same windows and noise seed, at t = 1 and t = 4.
@@ -31,7 +35,7 @@ with the frames that led to it) into ``out``. The figures:
   frames (blank, saturated, or for Pong and Breakout a part of the screen missing), the
   share broken beyond what real play shows (a check failed that real frames fail in under 1%
   of cases: Pong's opponent paddle, hidden over the top wall after each point, may be absent,
-  but not drawn twice), each check's failures, and the share of frames with a ball, each beside the same
+  but not drawn twice, and not absent for longer than in any held-out episode), each check's failures, and the share of frames with a ball, each beside the same
   figure on real held-out frames.
 """
 
@@ -237,7 +241,8 @@ def window_conditioning(model: ModelBundle, frames: np.ndarray, actions: np.ndar
 
 def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horizon: int, windows: int, seed: int,
                            sim_options: dict | None = None, prime: int | None = None,
-                           random_actions: bool = False, keymap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                           random_actions: bool = False, keymap: bool = False,
+                           starts: list[tuple[Episode, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Prime with ``prime`` real frames (default ``context_frames``; the Simulator keeps the
     newest that fit its window), then step ``horizon`` times with the recorded actions (for
     a ``"latent"`` bundle, what :func:`window_conditioning` makes of them). The primed
@@ -251,13 +256,15 @@ def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horiz
             and noise seed), for Genie's ΔPSNR.
         keymap: a latent bundle steps with the recorded actions through its key-to-code map,
             not the LAM's codes of the frames.
+        starts: the windows' ``(episode, first frame)`` pairs, each with ``prime + horizon``
+            frames (default: ``windows`` random ones, :func:`window_starts`).
 
     Returns:
         ``(real, dream)`` uint8 arrays, aligned: ``dream[:, k]`` is the model's frame for
         ``real[:, k + 1]``; ``real (W, horizon + 1, H, W, 3)`` starts with the last primed frame.
     """
     ctx = model.dynamics_config.context_frames if prime is None else prime
-    starts = window_starts(episodes, ctx + horizon, windows, seed)
+    starts = window_starts(episodes, ctx + horizon, windows, seed) if starts is None else starts
     frames = np.stack([e.frames[s:s + ctx + horizon] for e, s in starts])   # (W, ctx+H, h, w, 3)
     actions = np.stack([e.actions[s:s + ctx + horizon - 1] for e, s in starts])
     actions = window_conditioning(model, frames, actions, keymap=keymap)     # (W, ctx+H-1)
@@ -273,6 +280,52 @@ def teacher_forced_rollout(model: ModelBundle, episodes: list[Episode], *, horiz
     sim.reset(frames[:, :ctx], actions[:, :ctx - 1], rewards=rewards, since_reward=since)
     dream = np.stack([sim.step(actions[:, ctx - 1 + k])[0] for k in range(horizon)], axis=1)
     return frames[:, ctx - 1:], dream
+
+
+def one_step_structure(model: ModelBundle, episodes: list[Episode], *, batch: int = 64, seed: int = 0,
+                       sim_options: dict | None = None, max_examples: int = 8) -> dict:
+    """Every held-out frame predicted one step ahead from the real frames before it
+    (teacher-forced, horizon 1), checked by :func:`screen_checks` beside the real frame.
+
+    Free play's broken frames mix two causes: frames the model cannot draw even from the
+    game's own past, and errors that build up over a dream. This counts the first kind on
+    every transition (a rare event such as Pong's serve, about one frame in 37, is in every
+    one of its occurrences), a frame broken where the game's own frame is not.
+
+    Args:
+        batch: windows dreamed together.
+        max_examples: at most this many ``(episode, frame, [check, ...])`` examples are kept.
+
+    Returns:
+        ``{"transitions": int, "broken_where_real_is_not": share, "failed_where_real_passes":
+        {check: share}, "examples": [{"episode": i, "frame": t, "failed": [...]}, ...]}``:
+        shares of the transitions, ``frame`` the index of the predicted frame in its episode.
+    """
+    ctx = model.dynamics_config.context_frames
+    index = {id(e): i for i, e in enumerate(episodes)}
+    starts = [(e, s) for e in episodes for s in range(len(e.frames) - ctx)]
+    if not starts:
+        raise ValueError(f"no held-out episode has the {ctx + 1} frames a one-step window needs")
+    limit = saturated_limit_of(np.concatenate([e.frames for e in episodes]))
+    failed: dict[str, int] = {}
+    broken, examples = 0, []
+    for i in range(0, len(starts), batch):
+        chunk = starts[i:i + batch]
+        real, dream = teacher_forced_rollout(model, episodes, horizon=1, windows=len(chunk), seed=seed,
+                                             sim_options=sim_options, starts=chunk)
+        real_checks = screen_checks(real[:, 1], model.game, saturated_limit=limit)
+        dream_checks = screen_checks(dream[:, 0], model.game, saturated_limit=limit)
+        new = {k: dream_checks[k] & ~real_checks[k] for k in dream_checks}      # (W,) each
+        for k, v in new.items():
+            failed[k] = failed.get(k, 0) + int(v.sum())
+        hit = failed_any(new)
+        broken += int(hit.sum())
+        for j in np.nonzero(hit)[0][:max(0, max_examples - len(examples))]:
+            e, s = chunk[j]
+            examples.append({"episode": index[id(e)], "frame": s + ctx, "failed": [k for k, v in new.items() if v[j]]})
+    n = len(starts)
+    return {"transitions": n, "broken_where_real_is_not": broken / n,
+            "failed_where_real_passes": {k: v / n for k, v in failed.items()}, "examples": examples}
 
 
 def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_ssim: bool = True) -> dict:
@@ -556,9 +609,12 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         held-out episodes' rates (``rates``);
         ``series`` holds per-step ``(steps,)`` arrays, averaged over dreams: ``hist_distance``,
         ``broken`` (any of :func:`screen_checks` failed), ``broken_beyond_real`` (a check
-        failed that real held-out frames fail in under 1% of cases; the others are listed in
-        the summary's ``checks_real_play_fails``), ``fails_<check>`` per check and, for a
-        game with a read-out, ``ball_visible``.
+        failed that real held-out frames fail in under 1% of cases, or one of the others, listed
+        in the summary's ``checks_real_play_fails``, failed for more consecutive frames than it
+        ever does in a held-out episode: Pong may hide the opponent's paddle after a point, not
+        for the rest of the game), ``fails_<check>`` per check and, for a game with a read-out,
+        ``ball_visible``. The summary's ``longest_run`` gives, per check real play fails, the
+        longest run of failing frames in the dream and in the held-out episodes.
 
     Args:
         examples: if given, a list that receives up to ``max_examples`` breakdowns of the
@@ -586,11 +642,16 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     real_sample = real[:: max(1, len(real) // 2000)]
     real_checks = screen_checks(real_sample, model.game, saturated_limit=limit)
     hidden_in_real = checks_real_play_fails(real_checks)
+    per_episode = [screen_checks(e.frames, model.game, saturated_limit=limit) for e in episodes]
+    longest_real = {k: max(longest_run(c[k]) for c in per_episode) for k in hidden_in_real}
+    longest_dream = dict.fromkeys(hidden_in_real, 0)
+    run_length = {k: np.zeros(dreams, np.int64) for k in hidden_in_real}     # the current run, per dream
 
-    def measures(frames, checks):
+    def measures(frames, checks, overlong=False):
         d = 0.5 * np.abs(colour_histogram(frames) - ref).sum(-1)
+        beyond = failed_any(checks, excused=hidden_in_real) | overlong
         m = {"hist_distance": d, "broken": failed_any(checks).astype(np.float64),
-             "broken_beyond_real": failed_any(checks, excused=hidden_in_real).astype(np.float64)}
+             "broken_beyond_real": beyond.astype(np.float64)}
         m.update({f"fails_{k}": v.astype(np.float64) for k, v in checks.items()})
         if with_ball:
             m["ball_visible"] = ball_visible(frames, model.game).astype(np.float64)
@@ -606,14 +667,20 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         rewards = rewards + int((r != 0).sum())
         ends.append(end)
         checks = screen_checks(frames, model.game, saturated_limit=limit)
-        m = measures(frames, checks)
+        overlong = np.zeros(dreams, bool)
+        for k in hidden_in_real:
+            run_length[k] = np.where(checks[k], run_length[k] + 1, 0)
+            longest_dream[k] = max(longest_dream[k], int(run_length[k].max()))
+            overlong |= run_length[k] > longest_real[k]
+        m = measures(frames, checks, overlong)
         for k, v in m.items():
             series.setdefault(k, []).append(float(v.mean()))
         if examples is not None and len(examples) < max_examples:
             recent.append(frames[0])
             broken = bool(m["broken_beyond_real"][0])
             if broken and not was_broken:
-                failed = [k for k, v in checks.items() if v[0] and k not in hidden_in_real]
+                failed = [k for k, v in checks.items()
+                          if v[0] and (k not in hidden_in_real or run_length[k][0] > longest_real[k])]
                 examples.append({"step": t, "failed": failed, "frames": np.stack(recent)})
             was_broken = broken
     real_steps = sum(len(e.actions) for e in episodes)
@@ -627,11 +694,21 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
                "real_mean": real_m,
                "dream_broken_frames": int(round(arrays["broken"].sum() * dreams)),
                "checks_real_play_fails": hidden_in_real,
+               "longest_run": {k: {"dream": longest_dream[k], "real": longest_real[k]} for k in hidden_in_real},
                "rates": {"dream_rewards_per_1000": per_k(rewards, steps * dreams),
                          "real_rewards_per_1000": per_k(sum(int((e.rewards != 0).sum()) for e in episodes), real_steps),
                          "dream_ends_per_1000": per_k(count_onsets(np.asarray(ends)), steps * dreams),
                          "real_ends_per_1000": per_k(sum(int(e.terminated.sum()) for e in episodes), real_steps)}}
     return summary, arrays
+
+
+def longest_run(flags: np.ndarray) -> int:
+    """``(T,)`` bool -> the length of its longest run of consecutive True (0 if none)."""
+    flags = np.asarray(flags, bool)
+    if not flags.any():
+        return 0
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return int((np.nonzero(edges == -1)[0] - np.nonzero(edges == 1)[0]).max())
 
 
 def free_play(model: ModelBundle, *, dreams: int = 1, seed: int = 0, max_repeat: int = 8,
@@ -836,6 +913,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     report["teacher_forced"] = teacher_forced(model, episodes, horizons=cfg.horizons, windows=cfg.windows,
                                               seed=cfg.seed, sim_options=sim_options, with_ssim=True,
                                               curves=curves)
+    stage("one step ahead on every held-out frame")
+    report["one_step"] = one_step_structure(model, episodes, seed=cfg.seed, sim_options=sim_options)
     stage("controllability")
     report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons, windows=cfg.windows,
                                                 seed=cfg.seed, sim_options=sim_options)
@@ -870,7 +949,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     np.savez(out / "curves.npz", **curves)
     report["wall_seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    shown = ("teacher_forced", "controllability", "paddle_control", "reward_model", "long_run")
+    shown = ("teacher_forced", "one_step", "controllability", "paddle_control", "reward_model", "long_run")
     print(json.dumps({k: report[k] for k in shown if k in report}, indent=2, default=str))
     if "latent_actions" in report:
         la = report["latent_actions"]

@@ -415,10 +415,28 @@ def _previous_frames(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
 
 
+def focal_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
+    """Per-item focal loss ``-(1 - p)^gamma log p`` (Lin et al. 2017, "Focal Loss for Dense
+    Object Detection"), ``p`` the softmax probability of the target class.
+
+    Args:
+        logits: ``(M, K)`` float scores.
+        targets: ``(M,)`` int64 classes in ``[0, K)``.
+        gamma: focusing exponent; 0 gives the plain cross-entropy.
+
+    Returns:
+        ``(M,)`` float32 losses (nats).
+    """
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    if gamma == 0:
+        return ce
+    return (1.0 - torch.exp(-ce)).clamp(min=0.0).pow(gamma) * ce
+
+
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
-                     stale_pixels: float = 0.0):
+                     stale_pixels: float = 0.0, focal_gamma: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -447,6 +465,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             fails to erase where an object was, and the model learns to erase them (noise
             on the context frames, Diffusion Forcing's remedy for drift, in the form the
             dream's errors take); 0 = off.
+        focal_gamma: with a palette, each pixel's cross-entropy is scaled by ``(1 - p)^gamma``,
+            ``p`` the probability the model gives the right colour (:func:`focal_cross_entropy`),
+            so the loss goes to the pixels the model gets wrong, whether they change or not;
+            0 = plain cross-entropy.
     """
 
     def stale(x: torch.Tensor) -> torch.Tensor:
@@ -491,8 +513,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                    since_reward=since, **({"logits": True} if palette else {}))
         if palette:   # cross-entropy of each pixel's palette colour; weights per pixel
             w = w[..., ::3]                                                      # (B, T, N, P): (p q c) layout
-            err = F.cross_entropy(pred.flatten(0, -2), dyn.palette_targets(x0).flatten(),
-                                  reduction="none").view_as(w) * w
+            err = focal_cross_entropy(pred.flatten(0, -2), dyn.palette_targets(x0).flatten(),
+                                      focal_gamma).view_as(w) * w
             return err[:, 1:].sum() / w[:, 1:].sum(), {}
         err = (pred.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()

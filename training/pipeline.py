@@ -71,6 +71,9 @@ class PipelineConfig:
         stale_pixels: probability that a pixel of a dynamics training input shows what it
             showed 1-3 frames earlier, targets unchanged (0 = off; see
             :func:`training.loops.dynamics_loss_fn`).
+        focal_gamma: with a palette, the dynamics loss of each pixel is scaled by ``(1 -
+            p)^focal_gamma``, ``p`` the model's probability of the right colour (focal loss;
+            0 = plain cross-entropy).
         conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
             actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
             set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
@@ -106,6 +109,7 @@ class PipelineConfig:
     scheduled_sampling: float = 0.0
     scheduled_sampling_passes: int = 1
     stale_pixels: float = 0.0
+    focal_gamma: float = 0.0
     conditioning: str = "actions"
     labelled_steps: int = 200
     start_windows: int = 32
@@ -140,6 +144,8 @@ def build_config(values: dict) -> PipelineConfig:
     for name in ("scheduled_sampling", "stale_pixels"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
+    if cfg.focal_gamma < 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {cfg.focal_gamma!r}")
     if cfg.scheduled_sampling_passes < 1:
         raise ValueError(f"scheduled_sampling_passes must be >= 1, got {cfg.scheduled_sampling_passes!r}")
     if cfg.conditioning not in ("actions", "latent"):
@@ -161,6 +167,9 @@ def build_config(values: dict) -> PipelineConfig:
     if "eval_windows" in budget_over:
         budget.eval_windows = int(budget_over["eval_windows"])
     cfg.model, cfg.budget = model, budget
+    if cfg.focal_gamma and not model.dynamics.palette_size:
+        raise ValueError(f"focal_gamma={cfg.focal_gamma!r} needs the palette output: set +model.dynamics.palette_size "
+                         f"(the shipped models use 32)")
     return cfg
 
 
@@ -341,7 +350,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  moving_weight=cfg.moving_weight, noise_shift=m.sampler.noise_shift,
                                                  generator=gen, scheduled_sampling=cfg.scheduled_sampling,
                                                  scheduled_sampling_passes=cfg.scheduled_sampling_passes,
-                                                 stale_pixels=cfg.stale_pixels,
+                                                 stale_pixels=cfg.stale_pixels, focal_gamma=cfg.focal_gamma,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
