@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the README's Results figures: evaluate each shipped checkpoint on its shipped
 # held-out set (training/heldout/<game>) and copy the plots and the video into docs/.
-#   bash scripts/results.sh                   # pong and breakout (about 4 minutes each on 2 CPU cores)
+#   bash scripts/results.sh                   # pong and breakout (about 4-5 minutes each on 2 CPU cores)
 #   bash scripts/results.sh pong seed=1       # games and key=value overrides of training.evaluate, in any order
 set -euo pipefail
 cd "$(dirname "$0")/.."
