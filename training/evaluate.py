@@ -639,10 +639,11 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     limit = saturated_limit_of(real)
 
     with_ball = _readout(model.game) is not None
-    real_sample = real[:: max(1, len(real) // 2000)]
-    real_checks = screen_checks(real_sample, model.game, saturated_limit=limit)
-    hidden_in_real = checks_real_play_fails(real_checks)
+    every = max(1, len(real) // 2000)
+    real_sample = real[::every]
     per_episode = [screen_checks(e.frames, model.game, saturated_limit=limit) for e in episodes]
+    real_checks = {k: np.concatenate([c[k] for c in per_episode])[::every] for k in per_episode[0]}
+    hidden_in_real = checks_real_play_fails(real_checks)
     longest_real = {k: max(longest_run(c[k]) for c in per_episode) for k in hidden_in_real}
     longest_dream = dict.fromkeys(hidden_in_real, 0)
     run_length = {k: np.zeros(dreams, np.int64) for k in hidden_in_real}     # the current run, per dream
@@ -667,20 +668,18 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         rewards = rewards + int((r != 0).sum())
         ends.append(end)
         checks = screen_checks(frames, model.game, saturated_limit=limit)
-        overlong = np.zeros(dreams, bool)
         for k in hidden_in_real:
             run_length[k] = np.where(checks[k], run_length[k] + 1, 0)
             longest_dream[k] = max(longest_dream[k], int(run_length[k].max()))
-            overlong |= run_length[k] > longest_real[k]
-        m = measures(frames, checks, overlong)
+        overlong = {k: run_length[k] > longest_real[k] for k in hidden_in_real}     # (dreams,) each
+        m = measures(frames, checks, failed_any(overlong) if overlong else False)
         for k, v in m.items():
             series.setdefault(k, []).append(float(v.mean()))
         if examples is not None and len(examples) < max_examples:
             recent.append(frames[0])
             broken = bool(m["broken_beyond_real"][0])
             if broken and not was_broken:
-                failed = [k for k, v in checks.items()
-                          if v[0] and (k not in hidden_in_real or run_length[k][0] > longest_real[k])]
+                failed = [k for k, v in checks.items() if v[0] and (k not in overlong or overlong[k][0])]
                 examples.append({"step": t, "failed": failed, "frames": np.stack(recent)})
             was_broken = broken
     real_steps = sum(len(e.actions) for e in episodes)
