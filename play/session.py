@@ -26,10 +26,11 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
     exporter are installed (exporting this checkpoint's graph once, with a message, if it is
     not cached yet), and on a CPU without AMX if the graph is exported already
     (else torch, with a hint to export it: onnx measured faster at batch 1 there). Otherwise
-    ``"torch"``. ``"torch"`` and ``"onnx"`` are returned as given.
+    ``"torch"``, and always for a bundle whose sampler draws colours at a temperature (the
+    onnx graph draws the most likely ones). ``"torch"`` and ``"onnx"`` are returned as given.
 
     Raises:
-        ValueError: an unknown backend name.
+        ValueError: an unknown backend name, or onnx for a bundle that samples colours.
     """
     from worldmodel.onnx_backend import (
         OnnxUnavailable,
@@ -38,10 +39,11 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
         onnx_available,
         runtime_available,
     )
-    from worldmodel.simulator import resolve_backend
+    from worldmodel.simulator import resolve_backend, resolve_temperature
 
-    if backend != "auto":
-        return resolve_backend(model, 1, backend, precision)             # checks the name
+    temperature = resolve_temperature(model)
+    if backend != "auto" or temperature > 0:                            # checks the name; sampled colours: torch
+        return resolve_backend(model, 1, backend, precision, temperature=temperature)
     device = next(model.dynamics.parameters()).device
     if not auto_prefers_onnx(device, 1, precision):
         return "torch"

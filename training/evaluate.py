@@ -785,6 +785,8 @@ class EvalConfig:
         long_run_dreams: dreams stepped together in the long run.
         video_windows: rows of the real | dream | difference video.
         sampling_steps: denoising steps (default: the bundle's).
+        temperature: colour sampling temperature (default: the bundle's; see
+            :attr:`worldmodel.config.SamplerConfig.temperature`).
         precision: the Simulator's ``precision`` (``auto``, ``float32``, ``bfloat16``).
         backend: the Simulator's ``backend``. ``torch`` by default, so that figures do not
             depend on whether an ONNX graph happens to be exported (``auto`` picks per batch
@@ -805,6 +807,7 @@ class EvalConfig:
     long_run_dreams: int = 1
     video_windows: int = 4
     sampling_steps: int | None = None
+    temperature: float | None = None
     precision: str = "auto"
     backend: str = "torch"
     device: str = "auto"
@@ -830,12 +833,13 @@ class EvalConfig:
 def _simulator_choice(model: ModelBundle, sim_options: dict, batch_sizes: tuple[int, ...]) -> dict:
     """The backend and precision the evaluation's Simulators run with, by batch size
     (``backend="auto"`` may pick differently for one dream and for many)."""
-    from worldmodel.simulator import resolve_backend, resolve_precision
+    from worldmodel.simulator import resolve_backend, resolve_precision, resolve_temperature
 
     device = next(model.dynamics.parameters()).device
-    backends = {b: resolve_backend(model, b, sim_options["backend"], sim_options["precision"])
+    temperature = resolve_temperature(model, sim_options.get("temperature"))
+    backends = {b: resolve_backend(model, b, sim_options["backend"], sim_options["precision"], temperature=temperature)
                 for b in sorted(set(batch_sizes))}
-    return {"backend": backends,
+    return {"backend": backends, "temperature": temperature,
             "precision": {b: resolve_precision(sim_options["precision"], device, k) for b, k in backends.items()}}
 
 
@@ -895,7 +899,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     episodes = ensure_heldout(cfg, model.game)
     out = Path(cfg.out or f"runs/eval-{model.game}")
     out.mkdir(parents=True, exist_ok=True)
-    sim_options = {"sampling_steps": cfg.sampling_steps, "precision": cfg.precision, "backend": cfg.backend}
+    sim_options = {"sampling_steps": cfg.sampling_steps, "temperature": cfg.temperature, "precision": cfg.precision,
+                   "backend": cfg.backend}
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
                     "simulator": _simulator_choice(model, sim_options, (cfg.long_run_dreams, cfg.video_windows,
                                                                         PADDLE_STARTS, cfg.windows)),

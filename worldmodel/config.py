@@ -245,6 +245,11 @@ class SamplerConfig:
             (Atari), where a real change is a jump between palette colours, this stops the
             small per-step errors of a model that predicts a correction of the previous
             frame from accumulating over a long rollout.
+        temperature: with a palette model (``DynamicsConfig.palette_size``): 0 draws each
+            pixel's most likely colour; above 0 colours are drawn at this temperature, one
+            Gumbel draw per token and colour (:func:`worldmodel.diffusion.sample_palette_colours`),
+            so that an event the model expects on one of several frames is drawn on one of them.
+            Runs on the torch backend.
     """
 
     steps: int = 4
@@ -252,6 +257,7 @@ class SamplerConfig:
     noise_shift: float = 3.0
     quantize_frames: bool = True
     change_threshold: int = 0
+    temperature: float = 0.0
 
     def __post_init__(self):
         check_positive(self, "steps")
@@ -261,6 +267,8 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.change_threshold must be in [0, 255], got {self.change_threshold!r}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"SamplerConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"SamplerConfig.temperature must be >= 0, got {self.temperature!r}")
 
 
 @dataclass

@@ -88,3 +88,43 @@ def euler_step(x_s: torch.Tensor, x0_hat: torch.Tensor, s: float, s_next: float)
         s, s_next: current and next levels, ``1 >= s > s_next >= 0``.
     """
     return x0_hat + (s_next / s) * (x_s - x0_hat)
+
+
+def sample_palette_colours(scores: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                           *, shared_pixels: bool = True) -> torch.Tensor:
+    """Draw each pixel's palette colour from its scores at a temperature (Gumbel-max).
+
+    ``argmax_k (scores_k + temperature * g_k)`` with ``g`` standard Gumbel noise draws colour
+    ``k`` with probability ``softmax(scores / temperature)_k`` (the Gumbel-max trick; Gumbel
+    1954, as used for categorical sampling by Maddison et al. 2014, "A* Sampling"). At
+    ``temperature = 0`` it is the argmax. Below 1 the distribution is sharpened: a pixel the
+    model is sure of keeps its colour, while an event the model gives a fair chance on every
+    frame (a serve whose exact frame it cannot tell) is drawn on some frame instead of on none,
+    which a per-frame argmax never does.
+
+    With ``shared_pixels`` one Gumbel draw per token and colour serves all of the token's
+    pixels, so the pixels of a patch that hesitate between the same two colours change
+    together (an object appears whole, not as scattered pixels); each pixel still picks
+    among its own scores.
+
+    Args:
+        scores: ``(B, F, N, P, K)`` float colour scores (log-probabilities up to a constant)
+            of the ``P`` pixels of each of ``N`` tokens.
+        temperature: >= 0.
+        generator: the noise's random generator (same seed, same colours).
+        shared_pixels: one draw per token and colour (True) or per pixel and colour.
+
+    Returns:
+        ``(B, F, N, P)`` int64 colour indices.
+
+    Raises:
+        ValueError: a negative temperature.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if temperature == 0:
+        return scores.argmax(-1)
+    shape = (*scores.shape[:-2], 1, scores.shape[-1]) if shared_pixels else scores.shape
+    u = torch.rand(shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0 - 1e-7)
+    gumbel = -torch.log(-torch.log(u))
+    return (scores.float() + temperature * gumbel).argmax(-1)

@@ -564,7 +564,11 @@ class DynamicsModel(nn.Module):
             if logits:
                 return scores
             colours = scores.argmax(-1)
-        return self.palette[colours].flatten(-2).to(dtype)                              # (B, F, N, P*3)
+        return self.colour_tokens(colours, dtype)
+
+    def colour_tokens(self, colours: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Palette indices ``(B, F, N, P)`` int64 -> the tokens ``(B, F, N, P*3)`` (``dtype``) that draw them."""
+        return self.palette[colours].flatten(-2).to(dtype)
 
     def _kept_or_rescored(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """The argmax colours ``(...)`` of ``scores (..., K)`` (head dtype) with the copy bias

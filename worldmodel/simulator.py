@@ -10,7 +10,7 @@ import torch
 from recorders.dataset import NO_REWARD_SEEN, frames_since_reward
 from worldmodel.bundle import ModelBundle
 from worldmodel.device import fast_bfloat16
-from worldmodel.diffusion import add_noise, euler_step, sampling_schedule
+from worldmodel.diffusion import add_noise, euler_step, sample_palette_colours, sampling_schedule
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.onnx_backend import OnnxStepper, auto_prefers_onnx, graph_path, runtime_available
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
@@ -53,20 +53,28 @@ class Simulator:
             AMX or AVX512-BF16, a CUDA GPU from Ampere on) and the backend is torch, else
             float32. The models are trained under bfloat16 autocast where it is native.
             The choice is in :attr:`precision`; ``"bfloat16"`` with ``backend="auto"`` picks torch.
+        temperature: colour sampling temperature of a palette model (default: the bundle's
+            sampler; 0 = each pixel's most likely colour; see
+            :attr:`~worldmodel.config.SamplerConfig.temperature`). Above 0 it runs on the torch
+            backend, which ``backend="auto"`` then picks; the noise comes from ``seed``
+            (:func:`resolve_temperature`).
 
     Raises:
-        ValueError: unknown backend or precision, bfloat16 asked of the onnx backend, or a batch size below 1.
+        ValueError: unknown backend or precision, bfloat16 or a temperature asked of the onnx
+            backend, a temperature for a model without a palette or below 0, or a batch size below 1.
         worldmodel.onnx_backend.OnnxUnavailable: ``backend="onnx"`` where it cannot run.
     """
 
     def __init__(self, model: ModelBundle, batch_size: int = 1, backend: str = "auto", seed: int = 0, *,
-                 sampling_steps: int | None = None, context_noise: float | None = None, precision: str = "auto"):
+                 sampling_steps: int | None = None, context_noise: float | None = None, precision: str = "auto",
+                 temperature: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
         check_precision(precision)
-        self.backend = resolve_backend(model, batch_size, backend, precision)
+        self.temperature = resolve_temperature(model, temperature)
+        self.backend = resolve_backend(model, batch_size, backend, precision, temperature=self.temperature)
         self._onnx = OnnxStepper(model.dynamics, self.device) if self.backend == "onnx" else None
         self.precision = resolve_precision(precision, self.device, self.backend)
         dtype = PRECISIONS[self.precision]
@@ -119,9 +127,15 @@ class Simulator:
 
     def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens, since_reward):
         """One cached pass of the dynamics model, by the chosen backend: the last frame's prediction."""
-        run = self._onnx if self._onnx is not None else self.dynamics
-        return run(tokens, levels, actions, positions, cache=self.cache, write=write, prev_tokens=prev_tokens,
-                   skip_tokens=skip_tokens, predict=1, since_reward=since_reward)
+        inputs = dict(cache=self.cache, write=write, prev_tokens=prev_tokens, skip_tokens=skip_tokens, predict=1,
+                      since_reward=since_reward)
+        if self.temperature == 0:
+            run = self._onnx if self._onnx is not None else self.dynamics
+            return run(tokens, levels, actions, positions, **inputs)
+        # Sampled colours: the torch backend (resolve_backend), which returns the scores.
+        scores = self.dynamics(tokens, levels, actions, positions, logits=True, **inputs)   # (B, 1, N, P, K)
+        colours = sample_palette_colours(scores, self.temperature, self.generator)         # (B, 1, N, P)
+        return self.dynamics.colour_tokens(colours, tokens.dtype)
 
     # -- input checks at the boundary -------------------------------------------------------------
     def _check_actions(self, actions, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -293,21 +307,43 @@ class Simulator:
         return rewards.cpu().numpy().astype(np.float32), terminated.cpu().numpy()
 
 
-def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", precision: str = "auto") -> str:
+def resolve_temperature(model: ModelBundle, temperature: float | None = None) -> float:
+    """The colour sampling temperature a :class:`Simulator` runs: ``temperature``, or the bundle's.
+
+    Raises:
+        ValueError: a temperature below 0, or above 0 for a model without a palette.
+    """
+    t = model.sampler.temperature if temperature is None else float(temperature)
+    if not t >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if t > 0 and not model.dynamics_config.palette_size:
+        raise ValueError(f"temperature={t} needs a palette model (palette_size > 0); this dynamics model "
+                         "predicts tokens")
+    return t
+
+
+def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", precision: str = "auto", *,
+                    temperature: float = 0.0) -> str:
     """The backend a :class:`Simulator` of ``batch_size`` dreams with these settings runs.
 
-    ``"torch"`` and ``"onnx"`` are returned as given; ``"auto"`` is onnx where
-    :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so, onnxruntime is installed and
+    ``"torch"`` and ``"onnx"`` are returned as given; ``"auto"`` is torch for a colour
+    sampling ``temperature`` above 0 (the onnx graph draws the most likely colours), else onnx
+    where :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so, onnxruntime is installed and
     the model's graph is exported already (exporting takes seconds to a minute, which "auto"
     must not spend behind the caller's back), else torch.
 
     Raises:
-        ValueError: an unknown backend.
+        ValueError: an unknown backend, or onnx with a temperature above 0.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
+    if backend == "onnx" and temperature > 0:
+        raise ValueError(f"temperature={temperature} runs on the torch backend only; the onnx graph draws each "
+                         "pixel's most likely colour")
     if backend != "auto":
         return backend
+    if temperature > 0:
+        return "torch"
     device = next(model.dynamics.parameters()).device
     ready = (auto_prefers_onnx(device, batch_size, precision) and runtime_available(device)
              and graph_path(model.dynamics).exists())
