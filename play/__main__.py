@@ -36,8 +36,8 @@ def _main(cfg: DictConfig) -> None:
                               latent_keys=cfg.latent_keys, record=cfg.record, record_out=cfg.record_out,
                               video=cfg.video, seed=cfg.seed)
         model = load(cfg.checkpoint, device=cfg.device)
-        session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps,
-                              backend=prepare_backend(model, cfg.backend, cfg.precision),
+        session = PlaySession(model, seed=cfg.seed, sampling_steps=cfg.sampling_steps, temperature=cfg.temperature,
+                              backend=prepare_backend(model, cfg.backend, cfg.precision, cfg.temperature),
                               precision=cfg.precision)
         app = PygameApp(session, window)
         played = app.run()

@@ -90,6 +90,8 @@ class ServerConfig:
         max_message_bytes: largest client message answered normally (UTF-8 bytes).
         fps: frames per second sent to each client (``None``: the game's).
         sampling_steps: denoising steps per frame (``None``: the checkpoint's).
+        temperature: colour sampling temperature (``None``: the checkpoint's; see
+            :class:`~worldmodel.simulator.Simulator`).
         seed: session ``k`` (0, 1, 2, ... in connection order) is seeded with ``seed + k``.
         workers: threads that run model steps (the event loop never does).
         stats_interval_s: seconds between two ``stats`` messages to a client.
@@ -109,6 +111,7 @@ class ServerConfig:
     max_message_bytes: int = 4096
     fps: float | None = None
     sampling_steps: int | None = None
+    temperature: float | None = None
     seed: int = 0
     workers: int = 1
     stats_interval_s: float = 1.0
@@ -392,7 +395,7 @@ class DreamServer:
 
     def _new_session(self, number: int) -> PlaySession:
         return PlaySession(self.model, seed=self.cfg.seed + number, sampling_steps=self.cfg.sampling_steps,
-                           backend=self.cfg.backend, precision=self.cfg.precision)
+                           temperature=self.cfg.temperature, backend=self.cfg.backend, precision=self.cfg.precision)
 
     def _hello(self) -> dict:
         h, w = self.model.start_frames.shape[-3:-1]
@@ -563,10 +566,11 @@ def _main(cfg: DictConfig) -> None:
         server_cfg = ServerConfig(host=cfg.host, port=cfg.port, max_sessions=cfg.max_sessions,
                                   allowed_origins=[origins] if isinstance(origins, str) else origins,
                                   max_message_bytes=cfg.max_message_bytes, fps=cfg.fps,
-                                  sampling_steps=cfg.sampling_steps, seed=cfg.seed, workers=cfg.workers,
+                                  sampling_steps=cfg.sampling_steps, temperature=cfg.temperature, seed=cfg.seed,
+                                  workers=cfg.workers,
                                   stats_interval_s=cfg.stats_interval_s, precision=cfg.precision)
         model = load(cfg.checkpoint, device=cfg.device)
-        server_cfg.backend = prepare_backend(model, cfg.backend, cfg.precision)
+        server_cfg.backend = prepare_backend(model, cfg.backend, cfg.precision, cfg.temperature)
         asyncio.run(run_server(model, server_cfg))
     except (CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -18,7 +18,8 @@ from worldmodel.bundle import ModelBundle
 from worldmodel.simulator import Simulator
 
 
-def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = "auto") -> str:
+def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = "auto",
+                    temperature: float | None = None) -> str:
     """The Simulator backend a front-end (one dream per Simulator) should use.
 
     ``"auto"`` becomes ``"onnx"`` where :func:`worldmodel.onnx_backend.auto_prefers_onnx`
@@ -26,11 +27,12 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
     exporter are installed (exporting this checkpoint's graph once, with a message, if it is
     not cached yet), and on a CPU without AMX if the graph is exported already
     (else torch, with a hint to export it: onnx measured faster at batch 1 there). Otherwise
-    ``"torch"``, and always for a bundle whose sampler draws colours at a temperature (the
-    onnx graph draws the most likely ones). ``"torch"`` and ``"onnx"`` are returned as given.
+    ``"torch"``, and always for colours drawn at a ``temperature`` above 0 (default: the
+    bundle's; the onnx graph draws the most likely ones). ``"torch"`` and ``"onnx"`` are
+    returned as given.
 
     Raises:
-        ValueError: an unknown backend name, or onnx for a bundle that samples colours.
+        ValueError: an unknown backend name, a bad temperature, or onnx with a temperature above 0.
     """
     from worldmodel.onnx_backend import (
         OnnxUnavailable,
@@ -41,7 +43,7 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
     )
     from worldmodel.simulator import resolve_backend, resolve_temperature
 
-    temperature = resolve_temperature(model)
+    temperature = resolve_temperature(model, temperature)
     if backend != "auto" or temperature > 0:                            # checks the name; sampled colours: torch
         return resolve_backend(model, 1, backend, precision, temperature=temperature)
     device = next(model.dynamics.parameters()).device
@@ -81,6 +83,8 @@ class PlaySession:
         model: the loaded checkpoint bundle.
         seed: seeds the choice of start windows and the sampling noise.
         sampling_steps: denoising steps per frame (default: the bundle's).
+        temperature: colour sampling temperature (default: the bundle's; see
+            :class:`~worldmodel.simulator.Simulator`).
         backend: Simulator backend.
         precision: the Simulator's arithmetic (``auto``, ``float32``, ``bfloat16``; see
             :class:`~worldmodel.simulator.Simulator`).
@@ -91,12 +95,12 @@ class PlaySession:
     """
 
     def __init__(self, model: ModelBundle, *, seed: int = 0, sampling_steps: int | None = None,
-                 backend: str = "auto", precision: str = "auto"):
+                 temperature: float | None = None, backend: str = "auto", precision: str = "auto"):
         self.model = model
         self.spec = model.game_spec
         self.rng = np.random.default_rng(seed)
         self.sim = Simulator(model, batch_size=1, backend=backend, seed=seed, sampling_steps=sampling_steps,
-                             precision=precision)
+                             temperature=temperature, precision=precision)
         self._latencies: deque[float] = deque(maxlen=60)
         self._ticks: deque[float] = deque(maxlen=60)
         self.step_count = 0

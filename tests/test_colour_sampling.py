@@ -78,3 +78,14 @@ def test_the_simulator_names_a_temperature_it_cannot_run(palette_bundle, tiny_bu
         Simulator(tiny_bundle, temperature=0.5)
     with pytest.raises(ValueError, match="-1"):
         Simulator(palette_bundle, temperature=-1)
+
+
+def test_the_play_front_ends_take_a_temperature(palette_bundle):
+    from play.session import PlaySession, prepare_backend
+
+    assert prepare_backend(palette_bundle, "auto", temperature=0.5) == "torch"
+    with pytest.raises(ValueError, match="torch backend only"):
+        prepare_backend(palette_bundle, "onnx", temperature=0.5)
+    session = PlaySession(palette_bundle, seed=0, temperature=0.5, backend="torch")
+    assert session.sim.temperature == 0.5
+    assert session.step(2).frame.shape == (64, 64, 3)
