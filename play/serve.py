@@ -567,8 +567,7 @@ def _main(cfg: DictConfig) -> None:
                                   allowed_origins=[origins] if isinstance(origins, str) else origins,
                                   max_message_bytes=cfg.max_message_bytes, fps=cfg.fps,
                                   sampling_steps=cfg.sampling_steps, temperature=cfg.temperature, seed=cfg.seed,
-                                  workers=cfg.workers,
-                                  stats_interval_s=cfg.stats_interval_s, precision=cfg.precision)
+                                  workers=cfg.workers, stats_interval_s=cfg.stats_interval_s, precision=cfg.precision)
         model = load(cfg.checkpoint, device=cfg.device)
         server_cfg.backend = prepare_backend(model, cfg.backend, cfg.precision, cfg.temperature)
         asyncio.run(run_server(model, server_cfg))

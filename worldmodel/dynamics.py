@@ -566,7 +566,7 @@ class DynamicsModel(nn.Module):
             colours = scores.argmax(-1)
         return self.colour_tokens(colours, dtype)
 
-    def colour_tokens(self, colours: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def colour_tokens(self, colours: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Palette indices ``(B, F, N, P)`` int64 -> the tokens ``(B, F, N, P*3)`` (``dtype``) that draw them."""
         return self.palette[colours].flatten(-2).to(dtype)
 
