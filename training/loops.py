@@ -433,10 +433,50 @@ def focal_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma: floa
     return (1.0 - torch.exp(-ce)).clamp(min=0.0).pow(gamma) * ce
 
 
+def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, actions: torch.Tensor,
+                         since_reward: torch.Tensor | None, frames: int, *,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace the last ``frames`` frames of windows by the model's own free-running rollout.
+
+    Frame ``k`` is made from the (already replaced) frames before it, clean, and pure noise,
+    in one sampling step, with each pixel's most likely colour for a palette model, and
+    rounded to uint8 and encoded again: what a :class:`~worldmodel.simulator.Simulator`
+    with the default sampler (one step, no context noise, temperature 0) shows, without its
+    KV cache (each pass runs over the window up to the frame made). No gradients.
+
+    Args:
+        dyn: the dynamics model (or its DistributedDataParallel wrapper).
+        tokenizer: the patch tokenizer the tokens come from.
+        inputs: ``(B, T, N, D)`` float tokens of the windows.
+        actions: ``(B, T)`` int64, the action that produced each frame.
+        since_reward: ``(B, T)`` int64 reward clock (aligned like ``actions``), or None.
+        frames: how many frames, ``1 <= frames < T``.
+        generator: the noise's random generator.
+
+    Returns:
+        ``(B, T, N, D)`` float tokens: ``inputs``' first ``T - frames`` frames, then the rollout's.
+
+    Raises:
+        ValueError: ``frames`` outside ``[1, T - 1]``.
+    """
+    b, t = inputs.shape[:2]
+    if not 1 <= frames < t:
+        raise ValueError(f"a rollout replaces 1 to {t - 1} frames of a {t}-frame window, got {frames!r}")
+    x = inputs.clone()
+    with torch.no_grad():
+        for k in range(t - frames, t):
+            noise = torch.randn((b, 1, *x.shape[2:]), generator=generator, device=x.device)
+            levels = torch.cat([torch.zeros(b, k, device=x.device), torch.ones(b, 1, device=x.device)], dim=1)
+            made = dyn(torch.cat([x[:, :k], noise], dim=1), levels, actions[:, :k + 1], skip_tokens=x[:, k - 1:k],
+                       predict=1, since_reward=None if since_reward is None else since_reward[:, :k + 1])
+            x[:, k] = tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(made.float()))))[:, 0].float()
+    return x
+
+
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
-                     stale_pixels: float = 0.0, focal_gamma: float = 0.0):
+                     stale_pixels: float = 0.0, focal_gamma: float = 0.0, rollout_frames: int = 0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -469,7 +509,27 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             ``p`` the probability the model gives the right colour (:func:`focal_cross_entropy`),
             so the loss goes to the pixels the model gets wrong, whether they change or not;
             0 = plain cross-entropy.
+        rollout_frames: at most this many frames at the end of each window are replaced, as
+            input, by the model's own free-running rollout from the frames before them, made
+            the way the dream makes its frames (:class:`~worldmodel.simulator.Simulator`: one
+            sampling step from pure noise with a clean context, each pixel's most likely colour
+            with a palette, rounded to uint8), one frame after another. Each training step draws
+            how many, 1 to ``rollout_frames``, for the whole batch; the targets stay the real
+            frames. Unlike ``scheduled_sampling``, whose frames are predicted in one parallel
+            pass from partly noised frames, these are the errors free play makes and builds on,
+            so the model learns to come back from them: a truncated form of Self Forcing's
+            training on whole rollouts (Huang et al. 2025, "Self Forcing: Bridging the
+            Train-Test Gap in Autoregressive Video Diffusion"), with the real frames' loss in
+            place of its distribution matching. Costs that many forward passes without
+            gradients per step (each over the window up to the frame made); 0 = off.
+
+    Raises:
+        ValueError: ``rollout_frames`` negative, or (on the first step) not below the window's
+            length: one real frame at least starts the rollout.
     """
+
+    if rollout_frames < 0:
+        raise ValueError(f"rollout_frames must be >= 0, got {rollout_frames!r}")
 
     def stale(x: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
@@ -506,6 +566,12 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         inputs = tokenizer.encode(stale(x)).float() if stale_pixels > 0 else x0
         for _ in range(scheduled_sampling_passes if scheduled_sampling > 0 else 0):
             inputs = own_frames(dyn, inputs, actions, since)
+        if rollout_frames:
+            if rollout_frames >= t:
+                raise ValueError(f"rollout_frames must be below the window's {t} frames (a real frame starts the "
+                                 f"rollout), got {rollout_frames!r}")
+            frames = int(torch.randint(1, rollout_frames + 1, (1,), generator=generator, device=device))
+            inputs = free_running_rollout(dyn, tokenizer, inputs, actions, since, frames, generator=generator)
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size

@@ -74,6 +74,10 @@ class PipelineConfig:
         focal_gamma: with a palette, the dynamics loss of each pixel is scaled by ``(1 -
             p)^focal_gamma``, ``p`` the model's probability of the right colour (focal loss;
             0 = plain cross-entropy).
+        rollout_frames: at most this many frames at the end of each dynamics training window
+            are replaced, as input, by the model's own free-running rollout, made as the dream
+            makes its frames; targets unchanged (0 = off; below the window's
+            ``context_frames``; see :func:`training.loops.dynamics_loss_fn`).
         conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
             actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
             set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
@@ -110,6 +114,7 @@ class PipelineConfig:
     scheduled_sampling_passes: int = 1
     stale_pixels: float = 0.0
     focal_gamma: float = 0.0
+    rollout_frames: int = 0
     conditioning: str = "actions"
     labelled_steps: int = 200
     start_windows: int = 32
@@ -167,6 +172,9 @@ def build_config(values: dict) -> PipelineConfig:
     if "eval_windows" in budget_over:
         budget.eval_windows = int(budget_over["eval_windows"])
     cfg.model, cfg.budget = model, budget
+    if not 0 <= cfg.rollout_frames < model.dynamics.context_frames:
+        raise ValueError(f"rollout_frames must be in [0, {model.dynamics.context_frames - 1}] (below the training "
+                         f"window's context_frames; a real frame starts each rollout), got {cfg.rollout_frames!r}")
     if cfg.focal_gamma and not model.dynamics.palette_size:
         raise ValueError(f"focal_gamma={cfg.focal_gamma!r} needs the palette output: set +model.dynamics.palette_size "
                          f"(the shipped models use 32)")
@@ -351,6 +359,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  generator=gen, scheduled_sampling=cfg.scheduled_sampling,
                                                  scheduled_sampling_passes=cfg.scheduled_sampling_passes,
                                                  stale_pixels=cfg.stale_pixels, focal_gamma=cfg.focal_gamma,
+                                                 rollout_frames=cfg.rollout_frames,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
