@@ -433,6 +433,12 @@ def focal_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma: floa
     return (1.0 - torch.exp(-ce)).clamp(min=0.0).pow(gamma) * ce
 
 
+def as_shown(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, T, N, D)`` predicted tokens -> float32 tokens of the frames a dream shows: decoded,
+    rounded to uint8 and encoded again."""
+    return tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(tokens.float())))).float()
+
+
 def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, actions: torch.Tensor,
                          since_reward: torch.Tensor | None, frames: int, *,
                          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -469,7 +475,7 @@ def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, ac
             levels = torch.cat([torch.zeros(b, k, device=x.device), torch.ones(b, 1, device=x.device)], dim=1)
             made = dyn(torch.cat([x[:, :k], noise], dim=1), levels, actions[:, :k + 1], skip_tokens=x[:, k - 1:k],
                        predict=1, since_reward=None if since_reward is None else since_reward[:, :k + 1])
-            x[:, k] = tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(made.float()))))[:, 0].float()
+            x[:, k] = as_shown(tokenizer, made)[:, 0]
     return x
 
 
@@ -548,7 +554,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             eps = torch.randn(x0.shape, generator=generator, device=device)
             made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=_previous_frames(x0),
                        since_reward=since).float()
-            made = tokenizer.encode(frames_to_tensor(tensor_to_frames(tokenizer.decode(made)))).float()
+            made = as_shown(tokenizer, made)
             # Only frames predicted from a high noise level are the model's own; a frame given
             # almost clean is a copy of the real one.
             pick = torch.rand(shape, generator=generator, device=device) < scheduled_sampling
