@@ -414,36 +414,40 @@ def test_browser_page_plays_with_the_keyboard(model, tmp_path):
 
 
 def test_held_keys_move_the_paddle_of_the_shipped_dream():
-    """With the shipped Pong checkpoint: hold Down, then Up (16 frames each), reading the green
-    paddle's row out of the decoded PNG frames: it goes down while Down is held and up while Up
-    is held (at least 2 px each way: the mean of Down's last 4 frames vs its first 4, and of
-    Up's last 4 vs Down's last 4). The first shipped checkpoint, which ignored keys, failed the
-    first; the second failed the second, then measured within Up's 16 frames (its paddle
-    drifted back down under Up)."""
+    """With the shipped Pong checkpoint: hold one key, then the other (16 frames each), reading
+    the green paddle's row out of the decoded PNG frames: it goes down while Down is held and up
+    while Up is held (at least 2 px each way: the mean of the first key's last 4 frames vs the
+    frames before it, and of the second key's last 4 vs the first key's last 4; how many frames
+    pass between a key and its first frame depends on the server's clock, and the paddle may
+    be at the wall by then). The first key moves the
+    paddle away from the wall it starts nearer to (a paddle resting on the bottom wall cannot go
+    down). The first shipped checkpoint, which ignored keys, failed the first check; the second
+    failed the second, then measured within the second key's 16 frames (its paddle drifted back
+    down under Up)."""
     import worldmodel
     from envs.readout import paddle_y
 
     shipped = worldmodel.load("pong")
+    down_key, up_key = 3, 2
 
     async def play(url):
         async with connect(url) as ws:
             await ws.recv()
-            rows = {}
-            for name, action in (("down", 3), ("up", 2)):
+            start = float(np.nanmean(paddle_y(np.stack((await recv_until(ws, is_frame))[1]))))
+            order = (up_key, down_key) if start > shipped.start_frames.shape[-3] / 2 else (down_key, up_key)
+            rows = []
+            for action in order:
                 await ws.send(json.dumps({"type": "action", "action": action}))
                 await recv_until(ws, lambda m, a=action: is_type("stats")(m) and m["action"] == a)
                 frames = []
                 while len(frames) < 16:
                     frames += (await recv_until(ws, is_frame))[1]
-                rows[name] = paddle_y(np.stack(frames))
-            return rows
+                rows.append(paddle_y(np.stack(frames)))
+            return start, order, rows
 
     with server(shipped, seed=0) as st:
-        rows = asyncio.run(play(st.ws_url))
-    down, up = rows["down"], rows["up"]
-    end = lambda r: float(np.nanmean(r[-4:]))                          # noqa: E731  (rows grow downwards)
-    assert end(down) - float(np.nanmean(down[:4])) >= 2.0, down        # the first checkpoint failed this
-    # Up is measured from where Down left the paddle: how many frames after the key change
-    # the first Up frame arrives depends on the server's clock, and the paddle may already
-    # have moved by then.
-    assert end(up) - end(down) <= -2.0, (down, up)                     # the second one failed this
+        start, order, (first, second) = asyncio.run(play(st.ws_url))
+    down = lambda key: 1.0 if key == down_key else -1.0                 # noqa: E731  (rows grow downwards)
+    end = lambda r: float(np.nanmean(r[-4:]))                          # noqa: E731
+    assert down(order[0]) * (end(first) - start) >= 2.0, (start, order, first)   # the first checkpoint failed this
+    assert down(order[1]) * (end(second) - end(first)) >= 2.0, (order, first, second)          # the second one failed this
