@@ -419,11 +419,10 @@ def test_held_keys_move_the_paddle_of_the_shipped_dream():
     while Up is held (at least 2 px each way: the mean of the first key's last 4 frames vs the
     frames before it, and of the second key's last 4 vs the first key's last 4; how many frames
     pass between a key and its first frame depends on the server's clock, and the paddle may
-    be at the wall by then). The first key moves the
-    paddle away from the wall it starts nearer to (a paddle resting on the bottom wall cannot go
-    down). The first shipped checkpoint, which ignored keys, failed the first check; the second
-    failed the second, then measured within the second key's 16 frames (its paddle drifted back
-    down under Up)."""
+    be at the wall by then). The first key moves the paddle away from the wall it starts nearer
+    to (a paddle resting on the bottom wall cannot go down). The first shipped checkpoint, which
+    ignored keys, failed the first check; the second failed the second, then measured within
+    the second key's 16 frames (its paddle drifted back down under Up)."""
     import worldmodel
     from envs.readout import paddle_y
 
@@ -447,7 +446,7 @@ def test_held_keys_move_the_paddle_of_the_shipped_dream():
 
     with server(shipped, seed=0) as st:
         start, order, (first, second) = asyncio.run(play(st.ws_url))
-    down = lambda key: 1.0 if key == down_key else -1.0                 # noqa: E731  (rows grow downwards)
+    sign = {down_key: 1.0, up_key: -1.0}                               # rows grow downwards
     end = lambda r: float(np.nanmean(r[-4:]))                          # noqa: E731
-    assert down(order[0]) * (end(first) - start) >= 2.0, (start, order, first)   # the first checkpoint failed this
-    assert down(order[1]) * (end(second) - end(first)) >= 2.0, (order, first, second)          # the second one failed this
+    assert sign[order[0]] * (end(first) - start) >= 2.0, (start, order, first)          # the first checkpoint failed this
+    assert sign[order[1]] * (end(second) - end(first)) >= 2.0, (order, first, second)   # the second one failed this
