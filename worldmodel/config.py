@@ -174,7 +174,7 @@ class DynamicsConfig:
             generator of CPVT (Chu et al. 2023, "Conditional Positional Encodings for Vision
             Transformers"), in every block. Made against the copies of Pong's ball that a
             one-step dream draws in neighbouring 8x8 patches; in a 50-minute CPU run it did not
-            reduce them (README, Results). A warm start from a bundle without it starts the
+            reduce them (docs/experiments.md). A warm start from a bundle without it starts the
             convolutions at zero (the same model).
         reward_clock: 0: off. C > 0: each frame is also conditioned on how many frames before
             it the last non-zero reward came (the clock of the frame before it, capped at ``C``;
