@@ -172,6 +172,27 @@ def test_the_palette_loss_is_cross_entropy_and_learns(gamma):
     assert losses[0] > np.log(4) and np.mean(losses[-10:]) < 0.5, losses[::10]
 
 
+@pytest.mark.parametrize("weight", [0.0, 20.0])
+def test_hard_pixel_weight_raises_the_loss_of_the_pixels_drawn_wrong(weight):
+    # The left half of every frame stays, the right half steps to the next palette colour. An
+    # untrained model with the previous-frame skip scores every colour 0 but the previous one,
+    # which gets the copy bias (5): it draws the left half right and the right half wrong.
+    first = np.random.default_rng(0).integers(len(PALETTE), size=(8, 8))
+    frames = np.stack([PALETTE[np.where(np.arange(8) < 4, first, first + t) % len(PALETTE)] for t in range(12)])
+    n = len(frames) - 1
+    episode = Episode(frames=frames, actions=np.zeros(n, np.int64), rewards=np.zeros(n, np.float32),
+                      terminated=np.zeros(n, bool), truncated=np.zeros(n, bool))
+    tok = build_tokenizer(TokenizerConfig(kind="patch", frame_size=8, patch_size=4))
+    loss_fn = dynamics_loss_fn(WindowSampler([episode], 4, seed=0), 4, torch.device("cpu"), tok, moving_weight=0.0,
+                               generator=torch.Generator().manual_seed(0), hard_pixel_weight=weight)
+    with torch.no_grad():
+        loss = float(loss_fn(_model())[0])
+    others = len(PALETTE) - 1
+    right, wrong = np.log1p(others * np.exp(-5.0)), np.log(np.exp(5.0) + others)    # nats a pixel
+    # Half the pixels right at weight 1, half wrong at weight 1 + ``weight``.
+    assert loss == pytest.approx((right + (1 + weight) * wrong) / (2 + weight), rel=1e-4)
+
+
 def test_a_warm_start_from_a_regression_model_keeps_the_trunk_and_starts_the_head_fresh(capsys):
     regression = DynamicsModel(dataclasses.replace(_model().cfg, palette_size=0))
     torch.nn.init.normal_(regression.final.linear.weight)

@@ -157,15 +157,16 @@ def test_focal_cross_entropy_weights_each_pixel_by_how_wrong_the_model_is():
     assert share[0] < 0.002 < share[1] < share[2] < 1     # the right pixel all but drops out
 
 
-def test_focal_gamma_is_checked():
+@pytest.mark.parametrize("name", ["focal_gamma", "hard_pixel_weight"])
+def test_palette_loss_options_are_checked(name):
     from training.pipeline import build_config
 
     palette = {"dynamics": {"palette_size": 32}}
-    assert build_config({"game": "pong", "preset": "tiny", "focal_gamma": 2.0, "model": palette}).focal_gamma == 2.0
-    with pytest.raises(ValueError, match="focal_gamma must be >= 0, got -1"):
-        build_config({"game": "pong", "preset": "tiny", "focal_gamma": -1.0, "model": palette})
-    with pytest.raises(ValueError, match="focal_gamma=2.0 needs the palette output"):
-        build_config({"game": "pong", "preset": "tiny", "focal_gamma": 2.0, "model": {"dynamics": {"palette_size": 0}}})
+    assert getattr(build_config({"game": "pong", "preset": "tiny", name: 2.0, "model": palette}), name) == 2.0
+    with pytest.raises(ValueError, match=f"{name} must be >= 0, got -1"):
+        build_config({"game": "pong", "preset": "tiny", name: -1.0, "model": palette})
+    with pytest.raises(ValueError, match=f"{name}=2.0 needs the palette output"):
+        build_config({"game": "pong", "preset": "tiny", name: 2.0, "model": {"dynamics": {"palette_size": 0}}})
 
 
 @pytest.mark.parametrize("frames", [1, 3])

@@ -482,7 +482,8 @@ def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, ac
 def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer, *, moving_weight: float,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
-                     stale_pixels: float = 0.0, focal_gamma: float = 0.0, rollout_frames: int = 0):
+                     stale_pixels: float = 0.0, focal_gamma: float = 0.0, hard_pixel_weight: float = 0.0,
+                     rollout_frames: int = 0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -515,6 +516,14 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             ``p`` the probability the model gives the right colour (:func:`focal_cross_entropy`),
             so the loss goes to the pixels the model gets wrong, whether they change or not;
             0 = plain cross-entropy.
+        hard_pixel_weight: with a palette, extra loss weight of each pixel whose most likely
+            colour (the copy bias included) is wrong, decided afresh at every step: the loss of
+            the pixels the dream would draw wrong now, such as a leftover row of a paddle that
+            does not change in the game and so never gets ``moving_weight``, is raised while
+            every other pixel keeps its weight (pixel-level online hard example mining,
+            Shrivastava et al. 2016, "Training Region-based Object Detectors with Online Hard
+            Example Mining"). Unlike ``focal_gamma`` it leaves the loss of the pixels the model
+            gets right as it is, so it does not soften the colours the model is sure of; 0 = off.
         rollout_frames: at most this many frames at the end of each window are replaced, as
             input, by the model's own free-running rollout from the frames before them, made
             the way the dream makes its frames (:class:`~worldmodel.simulator.Simulator`: one
@@ -536,6 +545,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
 
     if rollout_frames < 0:
         raise ValueError(f"rollout_frames must be >= 0, got {rollout_frames!r}")
+    if hard_pixel_weight < 0:
+        raise ValueError(f"hard_pixel_weight must be >= 0, got {hard_pixel_weight!r}")
 
     def stale(x: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
@@ -585,8 +596,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                    since_reward=since, **({"logits": True} if palette else {}))
         if palette:   # cross-entropy of each pixel's palette colour; weights per pixel
             w = w[..., ::3]                                                      # (B, T, N, P): (p q c) layout
-            err = focal_cross_entropy(pred.flatten(0, -2), dyn.palette_targets(x0).flatten(),
-                                      focal_gamma).view_as(w) * w
+            targets = dyn.palette_targets(x0)                                    # (B, T, N, P)
+            if hard_pixel_weight:
+                w = w + hard_pixel_weight * (pred.detach().argmax(-1) != targets)
+            err = focal_cross_entropy(pred.flatten(0, -2), targets.flatten(), focal_gamma).view_as(w) * w
             return err[:, 1:].sum() / w[:, 1:].sum(), {}
         err = (pred.float() - x0).pow(2) * w
         frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()

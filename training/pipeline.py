@@ -74,6 +74,9 @@ class PipelineConfig:
         focal_gamma: with a palette, the dynamics loss of each pixel is scaled by ``(1 -
             p)^focal_gamma``, ``p`` the model's probability of the right colour (focal loss;
             0 = plain cross-entropy).
+        hard_pixel_weight: with a palette, extra dynamics loss weight of each pixel whose most
+            likely colour is wrong at that step (online hard example mining; 0 = off; see
+            :func:`training.loops.dynamics_loss_fn`).
         rollout_frames: at most this many frames at the end of each dynamics training window
             are replaced, as input, by the model's own free-running rollout, made as the dream
             makes its frames; targets unchanged (0 = off; below the window's
@@ -114,6 +117,7 @@ class PipelineConfig:
     scheduled_sampling_passes: int = 1
     stale_pixels: float = 0.0
     focal_gamma: float = 0.0
+    hard_pixel_weight: float = 0.0
     rollout_frames: int = 0
     conditioning: str = "actions"
     labelled_steps: int = 200
@@ -149,8 +153,9 @@ def build_config(values: dict) -> PipelineConfig:
     for name in ("scheduled_sampling", "stale_pixels"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
-    if cfg.focal_gamma < 0:
-        raise ValueError(f"focal_gamma must be >= 0, got {cfg.focal_gamma!r}")
+    for name in ("focal_gamma", "hard_pixel_weight"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     if cfg.scheduled_sampling_passes < 1:
         raise ValueError(f"scheduled_sampling_passes must be >= 1, got {cfg.scheduled_sampling_passes!r}")
     if cfg.conditioning not in ("actions", "latent"):
@@ -175,9 +180,10 @@ def build_config(values: dict) -> PipelineConfig:
     if not 0 <= cfg.rollout_frames < model.dynamics.context_frames:
         raise ValueError(f"rollout_frames must be in [0, {model.dynamics.context_frames - 1}] (below the training "
                          f"window's context_frames; a real frame starts each rollout), got {cfg.rollout_frames!r}")
-    if cfg.focal_gamma and not model.dynamics.palette_size:
-        raise ValueError(f"focal_gamma={cfg.focal_gamma!r} needs the palette output: set +model.dynamics.palette_size "
-                         f"(the shipped models use 32)")
+    for name in ("focal_gamma", "hard_pixel_weight"):
+        if getattr(cfg, name) and not model.dynamics.palette_size:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} needs the palette output: set "
+                             f"+model.dynamics.palette_size (the shipped models use 32)")
     return cfg
 
 
@@ -359,6 +365,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  generator=gen, scheduled_sampling=cfg.scheduled_sampling,
                                                  scheduled_sampling_passes=cfg.scheduled_sampling_passes,
                                                  stale_pixels=cfg.stale_pixels, focal_gamma=cfg.focal_gamma,
+                                                 hard_pixel_weight=cfg.hard_pixel_weight,
                                                  rollout_frames=cfg.rollout_frames,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
