@@ -380,7 +380,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
 
     frames, actions = _start_windows(held, m.dynamics.context_frames - 1, cfg.start_windows, cfg.seed)
     command = "python -m training.pipeline " + shlex.join(sys.argv[1:])
-    lineage = [*_commands(warm), command] if warm is not None else [command]
+    lineage = [*bundle_commands(warm), command] if warm is not None else [command]
     action_codes = None
     if latent:
         with torch.no_grad():
@@ -451,7 +451,7 @@ def fit_key_to_code_map(lam: LatentActionModel, episodes, num_actions: int, labe
     return fit_action_codes(codes, actions, num_actions=num_actions, num_codes=lam.fsq.num_codes).tolist()
 
 
-def _commands(bundle: ModelBundle) -> list[str]:
+def bundle_commands(bundle: ModelBundle) -> list[str]:
     """The commands that made a bundle, oldest first (``info["commands"]``, or its one ``command``)."""
     info = bundle.info or {}
     return list(info.get("commands") or ([info["command"]] if "command" in info else []))
