@@ -9,8 +9,8 @@ Runs fine-tuned from one checkpoint lie in one basin of the loss, where the elem
 their weights is a model too, often better than each of them (Wortsman et al. 2022, "Model
 soups: averaging weights of multiple fine-tuned models improves accuracy without increasing
 inference time"). Here it undoes what longer training does to free play: on Pong, runs trained
-on from the shipped checkpoint stall (docs/experiments.md, sessions 27-28), their averages with
-it do not.
+on from the shipped checkpoint stall (docs/experiments.md, sessions 27-29), their averages with
+it do not, though none has yet beaten the shipped model itself.
 
 Only the dynamics model is averaged. Everything else (tokenizer, LAM, reward and end model,
 sampler, start windows, the game's keys) is the first bundle's; the bundle's ``info`` lists the
@@ -69,8 +69,8 @@ def average_dynamics(bundles: list[ModelBundle], weights: list[float] | None = N
 
     Raises:
         ValueError: fewer than two bundles; a weight count that differs from the bundle count,
-            a negative weight or all zero; bundles of different games, dynamics configs,
-            parameter names or shapes, or different palettes.
+            a negative weight or all zero; bundles of different games or dynamics configs, or
+            different palettes.
     """
     names = names or [f"bundle {i}" for i in range(len(bundles))]
     if len(bundles) < 2:
@@ -90,7 +90,8 @@ def average_dynamics(bundles: list[ModelBundle], weights: list[float] | None = N
         if to_dict(b.dynamics_config) != to_dict(first.dynamics_config):
             theirs, ours = to_dict(b.dynamics_config), to_dict(first.dynamics_config)
             diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs.get(k)}
-            raise ValueError(f"{name}'s dynamics config differs from {names[0]}'s: {diff} (theirs, then {name}'s)")
+            raise ValueError(f"{name}'s dynamics config differs from {names[0]}'s: {diff} ({names[0]}'s value, "
+                             f"then {name}'s)")
         for key, ref in states[0].items():
             if key not in learned and not torch.equal(state[key], ref):
                 raise ValueError(f"{name}'s dynamics buffer {key!r} differs from {names[0]}'s; only learned "

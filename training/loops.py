@@ -523,7 +523,9 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             every other pixel keeps its weight (pixel-level online hard example mining,
             Shrivastava et al. 2016, "Training Region-based Object Detectors with Online Hard
             Example Mining"). Unlike ``focal_gamma`` it leaves the loss of the pixels the model
-            gets right as it is, so it does not soften the colours the model is sure of; 0 = off.
+            gets right as it is. On Pong (20, docs/experiments.md, session 29) it cut the broken
+            frames one step ahead, but the model learnt to hedge on such pixels and left stray
+            ones behind in free play; 0 = off.
         rollout_frames: at most this many frames at the end of each window are replaced, as
             input, by the model's own free-running rollout from the frames before them, made
             the way the dream makes its frames (:class:`~worldmodel.simulator.Simulator`: one
