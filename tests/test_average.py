@@ -69,8 +69,8 @@ def test_run_writes_a_bundle_that_loads_and_records_its_lineage(three, tmp_path)
     for i, b in enumerate(three[:2]):
         b.info = {"commands": [f"python -m training.pipeline out=run{i}"]}
         paths.append(str(b.save(tmp_path / f"b{i}", weights_dtype=torch.float32)))
-    expected = {k: (v.float() + w.float()) / 2 for (k, v), w in
-                zip(three[0].dynamics.named_parameters(), dict(three[1].dynamics.named_parameters()).values())}
+    other = dict(three[1].dynamics.named_parameters())
+    expected = {k: (v.float() + other[k].float()) / 2 for k, v in three[0].dynamics.named_parameters()}
     out = run(AverageConfig(bundles=paths, out=str(tmp_path / "soup"), weights_dtype="float32"))
     soup = load(out)
     for name, p in soup.dynamics.named_parameters():

@@ -84,12 +84,13 @@ def average_dynamics(bundles: list[ModelBundle], weights: list[float] | None = N
     first = bundles[0]
     states = [b.dynamics.state_dict() for b in bundles]
     learned = {name for name, _ in first.dynamics.named_parameters()}
+    ours = to_dict(first.dynamics_config)
     for b, state, name in zip(bundles[1:], states[1:], names[1:]):
         if b.game != first.game:
             raise ValueError(f"{name} is a {b.game!r} bundle, {names[0]} a {first.game!r} one")
-        if to_dict(b.dynamics_config) != to_dict(first.dynamics_config):
-            theirs, ours = to_dict(b.dynamics_config), to_dict(first.dynamics_config)
-            diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs.get(k)}
+        theirs = to_dict(b.dynamics_config)
+        diff = {k: (v, theirs.get(k)) for k, v in ours.items() if v != theirs.get(k)}
+        if diff:
             raise ValueError(f"{name}'s dynamics config differs from {names[0]}'s: {diff} ({names[0]}'s value, "
                              f"then {name}'s)")
         for key, ref in states[0].items():
