@@ -72,12 +72,13 @@ def record_pong(out: Path, *, episodes: int = 2, max_steps: int = 30, seed: int 
 
 
 def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, seed: int = 0, palette_size: int = 0,
-                     local_mixing: bool = False, reward_clock: int = 0):
+                     local_mixing: bool = False, reward_clock: int = 0, event_codes: int = 0):
     """A ModelBundle of the ``tiny`` preset for Pong, random (perturbed) weights, assembled as
     ``training.pipeline.run`` assembles it; with ``palette_size``, a palette model whose palette
     is the start frames' most common colours; with ``local_mixing``, the dynamics mix each frame's
     neighbouring tokens (perturbed away from zero like every weight); with ``reward_clock``, the
-    dynamics read a reward clock of that cap (its embeddings perturbed too)."""
+    dynamics read a reward clock of that cap (its embeddings perturbed too); with ``event_codes``,
+    each frame is conditioned on one of that many event codes (perturbed too)."""
     from envs.games import get_game
     from worldmodel.bundle import ModelBundle
     from worldmodel.config import get_preset, update_dataclass
@@ -90,7 +91,7 @@ def make_tiny_bundle(start_frames: np.ndarray, start_actions: np.ndarray, *, see
     m.dynamics = update_dataclass(m.dynamics, dict(num_actions=spec.num_actions, token_dim=m.tokenizer.token_dim,
                                                    tokens_per_frame=m.tokenizer.tokens_per_frame,
                                                    palette_size=palette_size, local_mixing=local_mixing,
-                                                   reward_clock=reward_clock),
+                                                   reward_clock=reward_clock, event_codes=event_codes),
                                   where="model.dynamics")
     torch.manual_seed(seed)
     dynamics = perturb_(DynamicsModel(m.dynamics), seed=seed)

@@ -24,7 +24,8 @@ class SpyDynamics(torch.nn.Module):
         self.scale = torch.nn.Parameter(torch.ones(()))
         self.calls: list[dict] = []
 
-    def forward(self, tokens, levels, actions, *, skip_tokens, since_reward):
+    def forward(self, tokens, levels, actions, *, skip_tokens, since_reward, events=None):
+        assert events is None   # a model without event codes gets none
         self.calls.append(dict(tokens=tokens.clone(), levels=levels.clone(), skip=skip_tokens.clone(),
                                since=since_reward.clone(), grad=torch.is_grad_enabled()))
         return self.scale * self.answer.expand_as(tokens)

@@ -791,6 +791,9 @@ class EvalConfig:
         sampling_steps: denoising steps (default: the bundle's).
         temperature: colour sampling temperature (default: the bundle's; see
             :attr:`worldmodel.config.SamplerConfig.temperature`).
+        event_temperature: with a model with event codes, the temperature each frame's code is
+            drawn from the prior at (default: the bundle's; see
+            :attr:`worldmodel.config.SamplerConfig.event_temperature`).
         precision: the Simulator's ``precision`` (``auto``, ``float32``, ``bfloat16``).
         backend: the Simulator's ``backend``. ``torch`` by default, so that figures do not
             depend on whether an ONNX graph happens to be exported (``auto`` picks per batch
@@ -812,6 +815,7 @@ class EvalConfig:
     video_windows: int = 4
     sampling_steps: int | None = None
     temperature: float | None = None
+    event_temperature: float | None = None
     precision: str = "auto"
     backend: str = "torch"
     device: str = "auto"
@@ -837,13 +841,15 @@ class EvalConfig:
 def _simulator_choice(model: ModelBundle, sim_options: dict, batch_sizes: tuple[int, ...]) -> dict:
     """The backend and precision the evaluation's Simulators run with, by batch size
     (``backend="auto"`` may pick differently for one dream and for many)."""
-    from worldmodel.simulator import resolve_backend, resolve_precision, resolve_temperature
+    from worldmodel.simulator import resolve_backend, resolve_event_temperature, resolve_precision, resolve_temperature
 
     device = next(model.dynamics.parameters()).device
     temperature = resolve_temperature(model, sim_options.get("temperature"))
     backends = {b: resolve_backend(model, b, sim_options["backend"], sim_options["precision"], temperature=temperature)
                 for b in sorted(set(batch_sizes))}
-    return {"backend": backends, "temperature": temperature,
+    events = ({"event_temperature": resolve_event_temperature(model, sim_options.get("event_temperature"))}
+              if model.dynamics_config.event_codes else {})
+    return {"backend": backends, "temperature": temperature, **events,
             "precision": {b: resolve_precision(sim_options["precision"], device, k) for b, k in backends.items()}}
 
 
@@ -904,7 +910,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out or f"runs/eval-{model.game}")
     out.mkdir(parents=True, exist_ok=True)
     sim_options = {"sampling_steps": cfg.sampling_steps, "temperature": cfg.temperature, "precision": cfg.precision,
-                   "backend": cfg.backend}
+                   "backend": cfg.backend, "event_temperature": cfg.event_temperature}
     report: dict = {"checkpoint": str(cfg.checkpoint), "game": model.game, "config": asdict(cfg),
                     "simulator": _simulator_choice(model, sim_options, (cfg.long_run_dreams, cfg.video_windows,
                                                                         PADDLE_STARTS, cfg.windows)),

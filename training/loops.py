@@ -441,7 +441,7 @@ def as_shown(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
 
 def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, actions: torch.Tensor,
                          since_reward: torch.Tensor | None, frames: int, *,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, events: torch.Tensor | None = None) -> torch.Tensor:
     """Replace the last ``frames`` frames of windows by the model's own free-running rollout.
 
     Frame ``k`` is made from the (already replaced) frames before it, clean, and pure noise,
@@ -458,6 +458,7 @@ def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, ac
         since_reward: ``(B, T)`` int64 reward clock (aligned like ``actions``), or None.
         frames: how many frames, ``1 <= frames < T``.
         generator: the noise's random generator.
+        events: ``(B, T)`` int64 event codes of the frames, for a model with ``event_codes``.
 
     Returns:
         ``(B, T, N, D)`` float tokens: ``inputs``' first ``T - frames`` frames, then the rollout's.
@@ -474,7 +475,8 @@ def free_running_rollout(dyn: DynamicsModel, tokenizer, inputs: torch.Tensor, ac
             noise = torch.randn((b, 1, *x.shape[2:]), generator=generator, device=x.device)
             levels = torch.cat([torch.zeros(b, k, device=x.device), torch.ones(b, 1, device=x.device)], dim=1)
             made = dyn(torch.cat([x[:, :k], noise], dim=1), levels, actions[:, :k + 1], skip_tokens=x[:, k - 1:k],
-                       predict=1, since_reward=None if since_reward is None else since_reward[:, :k + 1])
+                       predict=1, since_reward=None if since_reward is None else since_reward[:, :k + 1],
+                       events=None if events is None else events[:, :k + 1])
             x[:, k] = as_shown(tokenizer, made)[:, 0]
     return x
 
@@ -559,14 +561,14 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         pick = torch.rand((b, t, 1, h, w), generator=generator, device=device) < stale_pixels
         return torch.where(pick, earlier, x)
 
-    def own_frames(dyn: DynamicsModel, x0, actions, since):
+    def own_frames(dyn: DynamicsModel, x0, actions, since, events):
         """``x0`` with frames swapped for the model's own one-pass predictions, as the dream would show them."""
         shape = x0.shape[:2]
         with torch.no_grad():
             levels = sample_noise_levels(*shape, shift=noise_shift, generator=generator, device=device)
             eps = torch.randn(x0.shape, generator=generator, device=device)
             made = dyn(add_noise(x0, levels, eps), levels, actions, skip_tokens=_previous_frames(x0),
-                       since_reward=since).float()
+                       since_reward=since, events=events).float()
             made = as_shown(tokenizer, made)
             # Only frames predicted from a high noise level are the model's own; a frame given
             # almost clean is a copy of the real one.
@@ -583,27 +585,72 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
         since = batch["since_reward"]
         inputs = tokenizer.encode(stale(x)).float() if stale_pixels > 0 else x0
+        codes = events = None
+        if dyn.cfg.event_codes:   # the real frames' codes: the same event in every pass, no-gradient ones included
+            posterior = dyn.event_scores("posterior", x0[:, :-1], x0[:, 1:], actions[:, 1:], since[:, 1:])
+            codes, events = event_samples(posterior, generator)
         for _ in range(scheduled_sampling_passes if scheduled_sampling > 0 else 0):
-            inputs = own_frames(dyn, inputs, actions, since)
+            inputs = own_frames(dyn, inputs, actions, since, codes)
         if rollout_frames:
             if rollout_frames >= t:
                 raise ValueError(f"rollout_frames must be below the window's {t} frames (a real frame starts the "
                                  f"rollout), got {rollout_frames!r}")
             frames = int(torch.randint(1, rollout_frames + 1, (1,), generator=generator, device=device))
-            inputs = free_running_rollout(dyn, tokenizer, inputs, actions, since, frames, generator=generator)
+            inputs = free_running_rollout(dyn, tokenizer, inputs, actions, since, frames, generator=generator,
+                                          events=codes)
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size
         pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=_previous_frames(inputs),
-                   since_reward=since, **({"logits": True} if palette else {}))
+                   since_reward=since, events=events, **({"logits": True} if palette else {}))
+        logs = {}
+        if events is not None:   # the prior learns the posterior's distribution from the frames a dream has
+            prior = dyn.event_scores("prior", _previous_frames(inputs)[:, :-1], inputs[:, :-1], actions[:, 1:],
+                                     since[:, 1:])
+            logs["event_kl"] = categorical_kl(posterior.detach(), prior).mean()
         if palette:   # cross-entropy of each pixel's palette colour; weights per pixel
             w = w[..., ::3]                                                      # (B, T, N, P): (p q c) layout
             targets = dyn.palette_targets(x0)                                    # (B, T, N, P)
             if hard_pixel_weight:
                 w = w + hard_pixel_weight * (pred.detach().argmax(-1) != targets)
             err = focal_cross_entropy(pred.flatten(0, -2), targets.flatten(), focal_gamma).view_as(w) * w
-            return err[:, 1:].sum() / w[:, 1:].sum(), {}
-        err = (pred.float() - x0).pow(2) * w
-        frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
-        return frame_loss, {}
+            frame_loss = err[:, 1:].sum() / w[:, 1:].sum()
+        else:
+            err = (pred.float() - x0).pow(2) * w
+            frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
+        if logs:
+            logs["frame_loss"] = frame_loss.detach()
+            return frame_loss + EVENT_PRIOR_WEIGHT * logs["event_kl"], logs
+        return frame_loss, logs
     return loss_fn
+
+
+EVENT_PRIOR_WEIGHT = 0.1
+"""Weight of the event prior's loss (:func:`categorical_kl`, nats per frame) beside the frame
+loss (nats per pixel). The prior has its own weights, so the weight leaves its Adam steps as they
+are; it keeps the prior's gradients, larger while it is new, from taking the clipped norm's share."""
+
+
+def categorical_kl(posterior: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``KL(q || p)`` in nats ``(...)`` float32 of categorical distributions given by logits ``(..., K)``."""
+    q = posterior.float().log_softmax(-1)
+    return (q.exp() * (q - prior.float().log_softmax(-1))).sum(-1)
+
+
+def event_samples(posterior: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes drawn from a posterior's logits ``(B, T-1, K)`` of frames 1..T-1 of windows.
+
+    Returns:
+        ``codes (B, T) int64`` (-1, none, for frame 0) for passes without gradients, and ``events
+        (B, T, K + 1)`` float: the same codes as one-hot rows (frame 0's at "none", index K) with the
+        straight-through gradient of the posterior's probabilities (DreamerV2's categorical
+        latents, Hafner et al. 2021), for :meth:`~worldmodel.dynamics.DynamicsModel.forward`.
+    """
+    b, _, k = posterior.shape
+    probs = posterior.float().softmax(-1)
+    drawn = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(b, -1)
+    one_hot = F.one_hot(drawn, k).float() + probs - probs.detach()
+    none = F.one_hot(torch.full((b, 1), k, device=posterior.device), k + 1).float()
+    events = torch.cat([none, F.pad(one_hot, (0, 1))], dim=1)
+    codes = torch.cat([torch.full((b, 1), -1, device=posterior.device, dtype=torch.long), drawn], dim=1)
+    return codes, events

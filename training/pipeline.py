@@ -472,7 +472,7 @@ GAME_FIELDS = {"dynamics": {"num_actions"}, "reward": {"num_actions"}}
 """Config fields that may differ on a warm start from another game's bundle: the tensors whose
 shape they change (the action embeddings) start fresh."""
 
-ADDED_FIELDS = {"dynamics": {"local_mixing", "reward_clock"}}
+ADDED_FIELDS = {"dynamics": {"local_mixing", "reward_clock", "event_codes"}}
 """Config fields that add layers whose output starts at zero: a warm start from a bundle without
 them (the field off there) copies every weight it has, and the added layers start at zero, so
 the run starts from the bundle's model exactly."""

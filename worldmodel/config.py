@@ -183,6 +183,17 @@ class DynamicsConfig:
             point, more than the 8-frame context can count; the Simulator keeps the clock from
             its reward model's predictions. The embeddings start at zero, so a warm start from
             a bundle without it starts from the same model.
+        event_codes: 0: off. K > 0: each frame is also conditioned on a discrete latent, one of
+            K codes per frame, that says which of the transitions the past leaves open happened
+            (a paddle that jumps now or a frame later, a serve now or not), so that every token
+            of the frame draws the same one: a per-frame stochastic latent with a learned prior
+            (SVG-LP, Denton & Fergus 2018, "Stochastic Video Generation with a Learned Prior"),
+            categorical as DreamerV2's (Hafner et al. 2021). In training the code comes from a
+            posterior that sees the real frame it explains (straight-through Gumbel-softmax
+            sample), and a prior from the frames before it learns the posterior's distribution;
+            a dream samples the prior (:class:`~worldmodel.simulator.Simulator`). The code's
+            embeddings start at zero, so a warm start from a bundle without it starts from the
+            same model.
     """
 
     width: int = 192
@@ -198,6 +209,7 @@ class DynamicsConfig:
     palette_size: int = 0
     local_mixing: bool = False
     reward_clock: int = 0
+    event_codes: int = 0
 
     def __post_init__(self):
         check_positive(self, "width", "depth", "heads", "context_frames", "num_actions", "token_dim",
@@ -216,6 +228,8 @@ class DynamicsConfig:
             raise ValueError(f"context_frames must be >= 2, got {self.context_frames}")
         if self.reward_clock < 0:
             raise ValueError(f"reward_clock must be 0 (off) or a cap of >= 1 frames, got {self.reward_clock}")
+        if self.event_codes < 0 or self.event_codes == 1:
+            raise ValueError(f"event_codes must be 0 (off) or >= 2 codes, got {self.event_codes}")
         if self.local_mixing and self.token_grid ** 2 != self.tokens_per_frame:
             raise ValueError(f"local_mixing needs a square grid of tokens, got tokens_per_frame {self.tokens_per_frame}")
 
@@ -250,6 +264,10 @@ class SamplerConfig:
             Gumbel draw per token and colour (:func:`worldmodel.diffusion.sample_palette_colours`),
             so that an event the model expects on one of several frames is drawn on one of them.
             Runs on the torch backend.
+        event_temperature: with a model with event codes (``DynamicsConfig.event_codes``): each
+            frame's code is drawn from the learned prior at this temperature (1: the prior as
+            learnt; 0: its most likely code, so an event less likely than not on every frame is
+            never drawn).
     """
 
     steps: int = 4
@@ -258,6 +276,7 @@ class SamplerConfig:
     quantize_frames: bool = True
     change_threshold: int = 0
     temperature: float = 0.0
+    event_temperature: float = 1.0
 
     def __post_init__(self):
         check_positive(self, "steps")
@@ -269,6 +288,8 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.context_noise must be in [0, 1), got {self.context_noise!r}")
         if not self.temperature >= 0:
             raise ValueError(f"SamplerConfig.temperature must be >= 0, got {self.temperature!r}")
+        if not self.event_temperature >= 0:
+            raise ValueError(f"SamplerConfig.event_temperature must be >= 0, got {self.event_temperature!r}")
 
 
 @dataclass

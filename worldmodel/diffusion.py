@@ -120,11 +120,32 @@ def sample_palette_colours(scores: torch.Tensor, temperature: float, generator: 
     Raises:
         ValueError: a negative temperature.
     """
+    shape = (*scores.shape[:-2], 1, scores.shape[-1]) if shared_pixels else scores.shape
+    return gumbel_max(scores, temperature, generator, noise_shape=shape)
+
+
+def gumbel_max(scores: torch.Tensor, temperature: float, generator: torch.Generator | None = None, *,
+               noise_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``argmax_k (scores_k + temperature * g_k)``, ``g`` standard Gumbel noise: a draw from
+    ``softmax(scores / temperature)`` over the last axis (the Gumbel-max trick), the argmax at 0.
+
+    Args:
+        scores: ``(..., K)`` float logits.
+        temperature: >= 0.
+        generator: the noise's random generator.
+        noise_shape: the noise's shape, broadcast against ``scores`` (default: ``scores``').
+
+    Returns:
+        ``(...)`` int64 indices.
+
+    Raises:
+        ValueError: a negative temperature.
+    """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if temperature == 0:
         return scores.argmax(-1)
-    shape = (*scores.shape[:-2], 1, scores.shape[-1]) if shared_pixels else scores.shape
+    shape = scores.shape if noise_shape is None else noise_shape
     u = torch.rand(shape, generator=generator, device=scores.device).clamp_(1e-20, 1.0 - 1e-7)
     gumbel = -torch.log(-torch.log(u))
     return (scores.float() + temperature * gumbel).argmax(-1)

@@ -199,6 +199,41 @@ class LocalMixing(nn.Module):
         return self.conv(grid).permute(0, 2, 3, 1).reshape(b, f, n, d)
 
 
+class EventEncoder(nn.Module):
+    """Scores of the K event codes of a frame from a pair of frames, the action between them
+    and the reward clock (:attr:`~worldmodel.config.DynamicsConfig.event_codes`).
+
+    Each token of the pair (its two versions and their difference) goes through an MLP with
+    its place in the grid, the action and the clock added; the frame's features are the maximum
+    over its tokens, so an event in a single patch (a paddle that jumps) is not averaged away.
+    The posterior reads ``(x_{j-1}, x_j)``, the frame it explains included; the prior
+    ``(x_{j-2}, x_{j-1})``, what a dream has before it draws frame ``j``.
+    """
+
+    def __init__(self, cfg: DynamicsConfig, hidden: int = 128):
+        super().__init__()
+        self.token_in = nn.Linear(3 * cfg.token_dim, hidden)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.tokens_per_frame, hidden))
+        self.action_emb = nn.Embedding(cfg.num_actions + 1, hidden)
+        self.clock_emb = nn.Embedding(cfg.reward_clock + 1, hidden) if cfg.reward_clock else None
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.out = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, cfg.event_codes))
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor, action_index: torch.Tensor,
+                clock: torch.Tensor | None) -> torch.Tensor:
+        """``before, after (B, F, N, D_tok)``, ``action_index (B, F)`` int64 (embedding indices),
+        ``clock (B, F)`` int64 or None -> ``(B, F, K)`` float32 code scores (logits)."""
+        dtype = self.token_in.weight.dtype
+        before, after = before.to(dtype), after.to(dtype)
+        h = self.token_in(torch.cat([before, after, after - before], dim=-1)) + self.pos_emb
+        h = h + self.action_emb(action_index)[:, :, None]
+        if self.clock_emb is not None and clock is not None:
+            h = h + self.clock_emb(clock)[:, :, None]
+        h = self.mlp(h)                                                             # (B, F, N, hidden)
+        return self.out(torch.cat([h.amax(2), h.mean(2)], dim=-1)).float()
+
+
 class Block(nn.Module):
     """A transformer block with adaLN-Zero conditioning per frame (DiT), optionally with
     :class:`LocalMixing` at its start."""
@@ -319,6 +354,13 @@ class DynamicsModel(nn.Module):
         # stream like the action; both start at zero (the model without it).
         self.clock_emb = nn.Embedding(cfg.reward_clock + 1, d) if cfg.reward_clock else None
         self.clock_in = nn.Embedding(cfg.reward_clock + 1, d) if cfg.reward_clock else None
+        # The frame's event code (cfg.event_codes; index K: none), into the conditioning and the
+        # residual stream like the action, starting at zero; its posterior and prior.
+        k = cfg.event_codes
+        self.event_emb = nn.Embedding(k + 1, d) if k else None
+        self.event_in = nn.Embedding(k + 1, d) if k else None
+        self.event_posterior = EventEncoder(cfg) if k else None
+        self.event_prior = EventEncoder(cfg) if k else None
         local_grid = cfg.token_grid if cfg.local_mixing else 0
         self.blocks = nn.ModuleList([Block(d, cfg.heads, cfg.mlp_ratio, local_grid) for _ in range(cfg.depth)])
         self.pixels_per_token = cfg.token_dim // 3
@@ -337,9 +379,9 @@ class DynamicsModel(nn.Module):
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.action_emb.weight, std=0.02)
         nn.init.normal_(self.action_in.weight, std=0.5)
-        if self.clock_emb is not None:
-            nn.init.zeros_(self.clock_emb.weight)
-            nn.init.zeros_(self.clock_in.weight)
+        for table in (self.clock_emb, self.clock_in, self.event_emb, self.event_in):
+            if table is not None:
+                nn.init.zeros_(table.weight)
         for blk in self.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
@@ -442,11 +484,48 @@ class DynamicsModel(nn.Module):
         return torch.cat([frame, spatial.expand(b, f, n, 2)], dim=-1).reshape(b, f * n, 3)
 
     def condition(self, noise_levels: torch.Tensor, actions: torch.Tensor,
-                  clock: torch.Tensor | None = None) -> torch.Tensor:
+                  clock: torch.Tensor | None = None, events: torch.Tensor | None = None) -> torch.Tensor:
         """Per-frame conditioning ``(B, F, D)``; ``actions`` < 0 mean "no action"; ``clock``
-        ``(B, F)`` int64 in ``[0, reward_clock]`` (:meth:`clock_index`) where the model has one."""
+        ``(B, F)`` int64 in ``[0, reward_clock]`` (:meth:`clock_index`) where the model has one;
+        ``events`` as in :meth:`forward`."""
         c = self.noise_emb(noise_levels) + self.action_emb(self._action_index(actions))
-        return c if clock is None else c + self.clock_emb(clock)
+        if clock is not None:
+            c = c + self.clock_emb(clock)
+        return c if self.event_emb is None else c + self._event_vectors(events, self.event_emb, actions)
+
+    def _event_vectors(self, events: torch.Tensor | None, table: nn.Embedding, like: torch.Tensor) -> torch.Tensor:
+        """``events``: ``(B, F)`` int64 codes (-1 or None: none) or ``(B, F, K + 1)`` float weights of
+        the codes and "none" (a straight-through one-hot in training) -> ``(B, F, D)``."""
+        k = self.cfg.event_codes
+        if events is None:
+            return table.weight[k].expand(*like.shape, -1)
+        if events.is_floating_point():
+            return events.to(table.weight.dtype) @ table.weight
+        return table(torch.where(events < 0, torch.full_like(events, k), events))
+
+    def event_scores(self, encoder: str, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor,
+                     since_reward: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the event codes of a model with ``cfg.event_codes = K``.
+
+        Args:
+            encoder: ``"posterior"`` (``after`` is the frame the code explains, ``before`` the one
+                before it) or ``"prior"`` (``before, after`` are the two frames before it).
+            before, after: ``(B, F, N, D_tok)`` clean tokens (zeros for a frame before the episode).
+            actions: ``(B, F)`` int64, the action that produced each explained frame (-1: none).
+            since_reward: ``(B, F)`` int64 reward clock, aligned like ``actions`` (None: none seen).
+
+        Returns:
+            ``(B, F, K)`` float32 logits.
+
+        Raises:
+            ValueError: the model has no event codes, or an unknown ``encoder``.
+        """
+        if self.event_emb is None:
+            raise ValueError("this dynamics model has no event codes (event_codes is 0)")
+        if encoder not in ("posterior", "prior"):
+            raise ValueError(f"encoder must be 'posterior' or 'prior', got {encoder!r}")
+        net = self.event_posterior if encoder == "posterior" else self.event_prior
+        return net(before, after, self._action_index(actions), self.clock_index(since_reward, actions))
 
     def clock_index(self, since_reward: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
         """Frames since the last reward ``(B, F)`` int64 (any size; None: none known) -> embedding
@@ -466,7 +545,8 @@ class DynamicsModel(nn.Module):
                 positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 write: int = 0, prev_tokens: torch.Tensor | None = None,
                 skip_tokens: torch.Tensor | None = None, logits: bool = False,
-                predict: int | None = None, since_reward: torch.Tensor | None = None) -> torch.Tensor:
+                predict: int | None = None, since_reward: torch.Tensor | None = None,
+                events: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise ``F`` frames given (optionally) the cached past.
 
         Each frame attends to itself, to the earlier new frames and to the cached frames
@@ -496,6 +576,10 @@ class DynamicsModel(nn.Module):
                 frames before the frame that precedes each frame the last non-zero reward came
                 (aligned like ``actions``: the clock as it stood when the frame was made; any
                 value >= ``reward_clock``, or None, for "none seen"). Ignored without a clock.
+            events: for a model with ``cfg.event_codes = K``: each frame's event code, ``(B, F)``
+                int64 (-1: none), or ``(B, F, K + 1)`` float weights of the K codes and "none"
+                (training's straight-through samples). None: none for every frame. Ignored
+                without event codes.
 
         Returns:
             ``(B, F', N, D_tok)`` the predicted clean tokens of the ``F'`` frames, in the dtype
@@ -508,7 +592,7 @@ class DynamicsModel(nn.Module):
         if positions is None:
             positions = torch.arange(f, device=tokens.device).expand(b, f)
         clock = self.clock_index(since_reward, actions)                             # (B, F) or None
-        c = self.condition(noise_levels, actions, clock)                            # (B, F, D)
+        c = self.condition(noise_levels, actions, clock, events)                    # (B, F, D)
         if prev_tokens is None:
             prev_tokens = torch.zeros_like(tokens[:, :1])
         prev = torch.cat([prev_tokens.to(tokens.dtype), tokens[:, :-1]], dim=1)    # (B, F, N, D_tok)
@@ -516,6 +600,8 @@ class DynamicsModel(nn.Module):
         x = x + self.action_in(self._action_index(actions))[:, :, None]
         if clock is not None:
             x = x + self.clock_in(clock)[:, :, None]
+        if self.event_in is not None:
+            x = x + self._event_vectors(events, self.event_in, actions)[:, :, None]
         token_pos = self.token_positions(positions)                                 # (B, F*N, 3)
         if self.rotary_interleaved:
             rope = rotary_phases(token_pos, self.head_dim, self.cfg.rope_base)

@@ -148,8 +148,12 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
 
     Raises:
-        OnnxUnavailable: the exporter's packages are missing.
+        OnnxUnavailable: the exporter's packages are missing, or the model has event codes
+            (``DynamicsConfig.event_codes``), which the graph does not take.
     """
+    if dynamics.cfg.event_codes:
+        raise OnnxUnavailable(f"this dynamics model has event codes (event_codes={dynamics.cfg.event_codes}), which the "
+                              "onnx graph does not take: run it with backend=torch")
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401

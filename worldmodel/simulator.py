@@ -10,7 +10,7 @@ import torch
 from recorders.dataset import NO_REWARD_SEEN, frames_since_reward
 from worldmodel.bundle import ModelBundle
 from worldmodel.device import fast_bfloat16
-from worldmodel.diffusion import add_noise, euler_step, sample_palette_colours, sampling_schedule
+from worldmodel.diffusion import add_noise, euler_step, gumbel_max, sample_palette_colours, sampling_schedule
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.onnx_backend import OnnxStepper, auto_prefers_onnx, graph_path, runtime_available
 from worldmodel.tokenizer import frames_to_tensor, tensor_to_frames
@@ -31,7 +31,10 @@ class Simulator:
     (:mod:`worldmodel.reward_model`; a bfloat16 copy at ``precision="bfloat16"``) on the frame
     shown last and the new one; a dynamics
     model with a reward clock (``DynamicsConfig.reward_clock``) is conditioned on how many
-    frames ago the reward model last saw a non-zero reward.
+    frames ago the reward model last saw a non-zero reward. A dynamics model with event codes
+    (``DynamicsConfig.event_codes``) draws each new frame's code from its learned prior before
+    the frame, from the two frames before it, the action and the clock; primed frames get the
+    code their posterior reads from the real frames.
 
     Args:
         model: a loaded :class:`~worldmodel.bundle.ModelBundle`.
@@ -58,22 +61,27 @@ class Simulator:
             :attr:`~worldmodel.config.SamplerConfig.temperature`). Above 0 it runs on the torch
             backend, which ``backend="auto"`` then picks; the noise comes from ``seed``
             (:func:`resolve_temperature`).
+        event_temperature: a model with event codes draws each frame's code from its prior at
+            this temperature (default: the bundle's sampler; 0 = the most likely code). Such a
+            model runs on the torch backend, which ``backend="auto"`` then picks.
 
     Raises:
-        ValueError: unknown backend or precision, bfloat16 or a temperature asked of the onnx
-            backend, a temperature for a model without a palette or below 0, or a batch size below 1.
+        ValueError: unknown backend or precision, bfloat16, a temperature or a model with event
+            codes asked of the onnx backend, a temperature for a model without a palette or below 0,
+            an event temperature below 0, or a batch size below 1.
         worldmodel.onnx_backend.OnnxUnavailable: ``backend="onnx"`` where it cannot run.
     """
 
     def __init__(self, model: ModelBundle, batch_size: int = 1, backend: str = "auto", seed: int = 0, *,
                  sampling_steps: int | None = None, context_noise: float | None = None, precision: str = "auto",
-                 temperature: float | None = None):
+                 temperature: float | None = None, event_temperature: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.batch_size = model, batch_size
         self.device = next(model.dynamics.parameters()).device
         check_precision(precision)
         self.temperature = resolve_temperature(model, temperature)
+        self.event_temperature = resolve_event_temperature(model, event_temperature)
         self.backend = resolve_backend(model, batch_size, backend, precision, temperature=self.temperature)
         self._onnx = OnnxStepper(model.dynamics, self.device) if self.backend == "onnx" else None
         self.precision = resolve_precision(precision, self.device, self.backend)
@@ -105,7 +113,11 @@ class Simulator:
         self.pending_tokens = tokens          # as written into the cache (at the context noise level)
         self.pending_clean = tokens.clone()   # clean: the previous-frame skip corrects these
         self.pending_prev = tokens.clone()    # the frame before it, as written (frame stacking)
+        self.pending_prev_clean = tokens.clone()   # and clean: an event prior reads it
         self.pending_action = torch.full((batch_size, 1), -1, dtype=torch.long, device=self.device)
+        # The event code the pending frame was made with (-1: none), for a model with event codes.
+        self.evented = bool(model.dynamics_config.event_codes)
+        self.pending_event = self.pending_action.clone()
         self.pending_position = torch.zeros((batch_size, 1), dtype=torch.long, device=self.device)
         self.pending_shown = torch.zeros((batch_size, 1, *self.frame_shape), dtype=torch.uint8, device=self.device)
         # The reward clock: frames since the last non-zero reward, of the pending frame
@@ -125,10 +137,11 @@ class Simulator:
         """``(B,)`` int64: the absolute frame index of each dream's latest frame."""
         return self.pending_position[:, 0].cpu().numpy()
 
-    def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens, since_reward):
+    def _pass(self, tokens, levels, actions, positions, *, write: int, prev_tokens, skip_tokens, since_reward,
+              events):
         """One cached pass of the dynamics model, by the chosen backend: the last frame's prediction."""
         inputs = dict(cache=self.cache, write=write, prev_tokens=prev_tokens, skip_tokens=skip_tokens, predict=1,
-                      since_reward=since_reward)
+                      since_reward=since_reward, **({"events": events} if self.evented else {}))
         if self.temperature == 0:
             run = self._onnx if self._onnx is not None else self.dynamics
             return run(tokens, levels, actions, positions, **inputs)
@@ -188,6 +201,7 @@ class Simulator:
         acts = self._check_actions(actions, (len(ids), t - 1), "actions")
         clock = self._primed_clock(len(ids), t, rewards, since_reward)   # (B', T + 1): slot k made with clock[k]
         keep = min(t, self.cache.slots + 1)                   # cached frames + the pending one
+        before = frames_t[:, t - keep - 1:t - keep] if t > keep else None   # the frame before the kept ones
         frames_t, t0 = frames_t[:, t - keep:], t - keep
         prev = torch.full((len(ids), 1), -1, dtype=torch.long, device=self.device)
         cond = torch.cat([prev, acts], dim=1)[:, t0:]         # slot j is conditioned on a_{j-1}
@@ -201,15 +215,20 @@ class Simulator:
             cache.clear()
         else:
             cache.next_slot = self.cache.next_slot
+        events = self._primed_events(before, clean, cond, clock[:, t0:t]) if self.evented else None
         if keep > 1:                                          # all but the newest frame go into the cache
             self.dynamics(tokens[:, :-1], levels[:, :-1], cond[:, :-1], positions[:, :-1], cache=cache,
-                          write=keep - 1, since_reward=clock[:, t0:t - 1])
+                          write=keep - 1, since_reward=clock[:, t0:t - 1],
+                          **({"events": events[:, :-1]} if self.evented else {}))
         if env_ids is not None:
             self._copy_into_ring(torch.as_tensor(ids, device=self.device), cache)
         ids_t = slice(None) if env_ids is None else torch.as_tensor(ids, device=self.device)
         self.pending_tokens[ids_t] = tokens[:, -1:]
         self.pending_clean[ids_t] = clean[:, -1:]
         self.pending_prev[ids_t] = tokens[:, -2:-1] if keep > 1 else 0.0
+        self.pending_prev_clean[ids_t] = clean[:, -2:-1] if keep > 1 else 0.0
+        if self.evented:
+            self.pending_event[ids_t] = events[:, -1:]
         self.pending_action[ids_t] = cond[:, -1:]
         self.pending_position[ids_t] = positions[:, -1:]
         self.pending_shown[ids_t] = frames_t[:, -1:]
@@ -218,6 +237,20 @@ class Simulator:
         self._primed = True
         self.step_count[ids] = 0
         return self.last_frames
+
+    def _primed_events(self, before: torch.Tensor | None, clean: torch.Tensor, cond: torch.Tensor,
+                       clock: torch.Tensor) -> torch.Tensor:
+        """``(B', T')`` int64: the event code of each primed frame, the most likely one by the posterior
+        from the frame before it (``before (B', 1, H, W, 3)`` uint8 for the first, or None: none
+        known, code -1), for ``clean (B', T', N, D)`` tokens, ``cond`` and ``clock (B', T')``."""
+        first = (torch.zeros_like(clean[:, :1]) if before is None
+                 else self.model.tokenizer.encode(frames_to_tensor(before)))
+        previous = torch.cat([first, clean[:, :-1]], dim=1)
+        codes = self.dynamics.event_scores("posterior", previous, clean, cond,
+                                           clock if self.clocked else None).argmax(-1)
+        if before is None:
+            codes[:, 0] = -1
+        return codes
 
     def _primed_clock(self, batch: int, t: int, rewards, since_reward) -> torch.Tensor:
         """``(B', T + 1)`` int64: the reward clock each primed frame was made with (slot ``k``:
@@ -270,6 +303,7 @@ class Simulator:
         positions = self.pending_position + 1                                          # (B, 1)
         ctx = torch.full((b, 1), self.context_noise, device=self.device)
         x = torch.randn((b, 1, *self.token_shape), generator=self.generator, device=self.device)
+        event = self._drawn_events(acts) if self.evented else None                    # (B, 1)
         for i, (s, s_next) in enumerate(zip(self.schedule[:-1], self.schedule[1:])):
             level = torch.full((b, 1), s, device=self.device)
             if i == 0:   # commit the pending frame and denoise the new one in the same pass
@@ -277,10 +311,12 @@ class Simulator:
                                 torch.cat([self.pending_action, acts], dim=1),
                                 torch.cat([self.pending_position, positions], dim=1), write=1,
                                 prev_tokens=self.pending_prev, skip_tokens=self.pending_clean,
-                                since_reward=torch.cat([self.pending_since, self.since], dim=1) if self.clocked else None)
+                                since_reward=torch.cat([self.pending_since, self.since], dim=1) if self.clocked else None,
+                                events=torch.cat([self.pending_event, event], dim=1) if self.evented else None)
             else:
                 x0 = self._pass(x, level, acts, positions, write=0, prev_tokens=self.pending_tokens,
-                                skip_tokens=self.pending_clean, since_reward=self.since if self.clocked else None)
+                                skip_tokens=self.pending_clean, since_reward=self.since if self.clocked else None,
+                                events=event)
             x = euler_step(x, x0, s, s_next)
         shown = tensor_to_frames(self.model.tokenizer.decode(x))                       # (B, 1, H, W, 3) uint8
         if self.quantize:
@@ -289,14 +325,24 @@ class Simulator:
                 shown = torch.where(small, self.pending_shown, shown)
             x = self.model.tokenizer.encode(frames_to_tensor(shown))
         rewards, terminated = self._reward_and_end(shown[:, 0], acts[:, 0])
-        self.pending_prev = self.pending_tokens
+        self.pending_prev, self.pending_prev_clean = self.pending_tokens, self.pending_clean
         self.pending_tokens, self.pending_clean = self._noised(x, ctx), x
+        if self.evented:
+            self.pending_event = event
         self.pending_action, self.pending_position, self.pending_shown = acts.clone(), positions, shown
         if self.clocked:
             hit = torch.as_tensor(rewards != 0, device=self.device)[:, None]
             self.pending_since, self.since = self.since, torch.where(hit, 0, (self.since + 1).clamp(max=NO_REWARD_SEEN))
         self.step_count += 1
         return shown[:, 0].cpu().numpy(), rewards, terminated
+
+    def _drawn_events(self, actions: torch.Tensor) -> torch.Tensor:
+        """``(B, 1)`` int64: each dream's event code for its next frame, drawn from the prior at
+        ``event_temperature`` given the pending frame and the one before it, ``actions (B, 1)``
+        and the clock."""
+        scores = self.dynamics.event_scores("prior", self.pending_prev_clean, self.pending_clean, actions,
+                                            self.since if self.clocked else None)
+        return gumbel_max(scores, self.event_temperature, self.generator)
 
     def _reward_and_end(self, shown: torch.Tensor, actions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The reward model's verdict on ``pending -> shown``: rewards ``(B,)`` float32, terminated ``(B,)`` bool
@@ -322,27 +368,44 @@ def resolve_temperature(model: ModelBundle, temperature: float | None = None) ->
     return t
 
 
+def resolve_event_temperature(model: ModelBundle, event_temperature: float | None = None) -> float:
+    """The temperature a :class:`Simulator` draws event codes at: ``event_temperature``, or the bundle's.
+
+    Raises:
+        ValueError: a temperature below 0.
+    """
+    t = model.sampler.event_temperature if event_temperature is None else float(event_temperature)
+    if not t >= 0:
+        raise ValueError(f"event_temperature must be >= 0, got {event_temperature!r}")
+    return t
+
+
 def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", precision: str = "auto", *,
                     temperature: float = 0.0) -> str:
     """The backend a :class:`Simulator` of ``batch_size`` dreams with these settings runs.
 
     ``"torch"`` and ``"onnx"`` are returned as given; ``"auto"`` is torch for a colour
-    sampling ``temperature`` above 0 (the onnx graph draws the most likely colours), else onnx
+    sampling ``temperature`` above 0 (the onnx graph draws the most likely colours) or a model
+    with event codes (the graph has no event input), else onnx
     where :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so, onnxruntime is installed and
     the model's graph is exported already (exporting takes seconds to a minute, which "auto"
     must not spend behind the caller's back), else torch.
 
     Raises:
-        ValueError: an unknown backend, or onnx with a temperature above 0.
+        ValueError: an unknown backend, or onnx with a temperature above 0 or a model with event codes.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
     if backend == "onnx" and temperature > 0:
         raise ValueError(f"temperature={temperature} runs on the torch backend only; the onnx graph draws each "
                          "pixel's most likely colour")
+    events = model.dynamics_config.event_codes
+    if backend == "onnx" and events:
+        raise ValueError(f"a dynamics model with event codes (event_codes={events}) runs on the torch backend only; "
+                         "the onnx graph has no event input")
     if backend != "auto":
         return backend
-    if temperature > 0:
+    if temperature > 0 or events:
         return "torch"
     device = next(model.dynamics.parameters()).device
     ready = (auto_prefers_onnx(device, batch_size, precision) and runtime_available(device)
