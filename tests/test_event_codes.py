@@ -127,17 +127,23 @@ def test_the_loss_trains_the_posterior_through_the_frames_and_the_prior_on_the_p
     model.set_palette(np.array([[0, 0, 0], [80, 80, 80], [160, 160, 160], [240, 240, 240]], np.uint8))
     loss_fn = dynamics_loss_fn(WindowSampler([episode], 3, seed=0), 4, torch.device("cpu"), tokenizer,
                                moving_weight=1.0, generator=torch.Generator().manual_seed(0),
-                               scheduled_sampling=0.5, rollout_frames=1)
+                               scheduled_sampling=0.5, rollout_frames=1, event_diversity=0.5)
     loss, logs = loss_fn(model)
-    assert float(logs["event_kl"].detach()) > 0
-    torch.testing.assert_close(loss.detach(), logs["frame_loss"] + EVENT_PRIOR_WEIGHT * logs["event_kl"].detach())
+    assert float(logs["event_kl"].detach()) > 0 and 0 < float(logs["event_usage"].detach()) <= math.log(K)
+    diversity = 0.5 * (math.log(K) - logs["event_usage"].detach())
+    torch.testing.assert_close(loss.detach(), logs["frame_loss"] + EVENT_PRIOR_WEIGHT * logs["event_kl"].detach()
+                               + diversity)
     # The prior's loss alone moves the prior, not the posterior (whose distribution it learns).
     logs["event_kl"].backward(retain_graph=True)
     assert model.event_prior.out[-1].weight.grad.abs().sum() > 0
     assert model.event_posterior.out[-1].weight.grad is None
+    # The diversity loss moves the posterior alone.
+    logs["event_usage"].backward(retain_graph=True)
+    assert model.event_posterior.out[-1].weight.grad.abs().sum() > 0 and model.event_emb.weight.grad is None
     # The frame loss reaches the posterior through the straight-through samples.
     model.zero_grad()
-    loss.backward()
+    frame_loss = loss - EVENT_PRIOR_WEIGHT * logs["event_kl"] - 0.5 * (math.log(K) - logs["event_usage"])
+    frame_loss.backward()
     assert model.event_posterior.out[-1].weight.grad.abs().sum() > 0
     assert model.event_emb.weight.grad.abs().sum() > 0
 
@@ -221,3 +227,16 @@ def test_front_ends_and_the_evaluation_run_event_models_on_torch(evented_bundle,
     assert choice["backend"] == {1: "torch", 64: "torch"} and choice["event_temperature"] == 0.5
     assert _simulator_choice(evented_bundle, {**options, "event_temperature": None}, (1,))["event_temperature"] == 1.0
     assert "event_temperature" not in _simulator_choice(tiny_bundle, options, (1,))
+
+
+def test_the_pipeline_checks_event_diversity():
+    from training.pipeline import build_config
+
+    codes = {"dynamics": {"event_codes": 8}}
+    assert build_config({"game": "pong", "preset": "tiny", "event_diversity": 0.1, "model": codes}).event_diversity == 0.1
+    with pytest.raises(ValueError, match="event_diversity must be >= 0, got -1"):
+        build_config({"game": "pong", "preset": "tiny", "event_diversity": -1.0, "model": codes})
+    with pytest.raises(ValueError, match="event_diversity=0.1 needs event codes"):
+        build_config({"game": "pong", "preset": "tiny", "event_diversity": 0.1})
+    with pytest.raises(ValueError, match="event_diversity must be >= 0, got -1"):
+        dynamics_loss_fn(None, 1, torch.device("cpu"), None, moving_weight=0.0, event_diversity=-1)

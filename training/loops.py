@@ -485,7 +485,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
                      stale_pixels: float = 0.0, focal_gamma: float = 0.0, hard_pixel_weight: float = 0.0,
-                     rollout_frames: int = 0):
+                     rollout_frames: int = 0, event_diversity: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -541,6 +541,15 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             Train-Test Gap in Autoregressive Video Diffusion"), with the real frames' loss in
             place of its distribution matching. Costs that many forward passes without
             gradients per step (each over the window up to the frame made); 0 = off.
+        event_diversity: for a model with event codes (``cfg.event_codes``), the weight of
+            ``log K - H(q̄)``, ``q̄`` the posterior's distribution averaged over the batch's
+            frames (the diversity loss of wav2vec 2.0's codebooks, Baevski et al. 2020): without
+            it a posterior can settle on one code for every frame, whose embedding is then a mere
+            bias, and say nothing; the frame loss still makes each frame's code a sure one. 0 = off.
+
+    The loss of a model with event codes also trains the prior on the posterior's distribution
+    (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and
+    ``event_usage`` (``H(q̄)`` in nats).
 
     Raises:
         ValueError: ``rollout_frames`` negative, or (on the first step) not below the window's
@@ -551,6 +560,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         raise ValueError(f"rollout_frames must be >= 0, got {rollout_frames!r}")
     if hard_pixel_weight < 0:
         raise ValueError(f"hard_pixel_weight must be >= 0, got {hard_pixel_weight!r}")
+    if event_diversity < 0:
+        raise ValueError(f"event_diversity must be >= 0, got {event_diversity!r}")
 
     def stale(x: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
@@ -608,6 +619,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             prior = dyn.event_scores("prior", _previous_frames(inputs)[:, :-1], inputs[:, :-1], actions[:, 1:],
                                      since[:, 1:])
             logs["event_kl"] = categorical_kl(posterior.detach(), prior).mean()
+            usage = posterior.softmax(-1).mean((0, 1))
+            logs["event_usage"] = -(usage * usage.clamp_min(1e-12).log()).sum()
         if palette:   # cross-entropy of each pixel's palette colour; weights per pixel
             w = w[..., ::3]                                                      # (B, T, N, P): (p q c) layout
             targets = dyn.palette_targets(x0)                                    # (B, T, N, P)
@@ -620,7 +633,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             frame_loss = err[:, 1:].sum() / w[:, 1:].expand_as(err[:, 1:]).sum()
         if logs:
             logs["frame_loss"] = frame_loss.detach()
-            return frame_loss + EVENT_PRIOR_WEIGHT * logs["event_kl"], logs
+            diversity = event_diversity * (math.log(dyn.cfg.event_codes) - logs["event_usage"])
+            return frame_loss + EVENT_PRIOR_WEIGHT * logs["event_kl"] + diversity, logs
         return frame_loss, logs
     return loss_fn
 

@@ -77,6 +77,8 @@ class PipelineConfig:
         hard_pixel_weight: with a palette, extra dynamics loss weight of each pixel whose most
             likely colour is wrong at that step (online hard example mining; 0 = off; see
             :func:`training.loops.dynamics_loss_fn`).
+        event_diversity: for a dynamics model with event codes, the weight of the loss that keeps
+            the posterior using all of them (0 = off; see :func:`training.loops.dynamics_loss_fn`).
         rollout_frames: at most this many frames at the end of each dynamics training window
             are replaced, as input, by the model's own free-running rollout, made as the dream
             makes its frames; targets unchanged (0 = off; below the window's
@@ -118,6 +120,7 @@ class PipelineConfig:
     stale_pixels: float = 0.0
     focal_gamma: float = 0.0
     hard_pixel_weight: float = 0.0
+    event_diversity: float = 0.0
     rollout_frames: int = 0
     conditioning: str = "actions"
     labelled_steps: int = 200
@@ -153,7 +156,7 @@ def build_config(values: dict) -> PipelineConfig:
     for name in ("scheduled_sampling", "stale_pixels"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
-    for name in ("focal_gamma", "hard_pixel_weight"):
+    for name in ("focal_gamma", "hard_pixel_weight", "event_diversity"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     if cfg.scheduled_sampling_passes < 1:
@@ -184,6 +187,8 @@ def build_config(values: dict) -> PipelineConfig:
         if getattr(cfg, name) and not model.dynamics.palette_size:
             raise ValueError(f"{name}={getattr(cfg, name)!r} needs the palette output: set "
                              f"+model.dynamics.palette_size (the shipped models use 32)")
+    if cfg.event_diversity and not model.dynamics.event_codes:
+        raise ValueError(f"event_diversity={cfg.event_diversity!r} needs event codes: set +model.dynamics.event_codes")
     return cfg
 
 
@@ -366,6 +371,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  scheduled_sampling_passes=cfg.scheduled_sampling_passes,
                                                  stale_pixels=cfg.stale_pixels, focal_gamma=cfg.focal_gamma,
                                                  hard_pixel_weight=cfg.hard_pixel_weight,
+                                                 event_diversity=cfg.event_diversity,
                                                  rollout_frames=cfg.rollout_frames,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
