@@ -545,7 +545,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             ``log K - H(q̄)``, ``q̄`` the posterior's distribution averaged over the batch's
             frames (the diversity loss of wav2vec 2.0's codebooks, Baevski et al. 2020): without
             it a posterior can settle on one code for every frame, whose embedding is then a mere
-            bias, and say nothing; the frame loss still makes each frame's code a sure one. 0 = off.
+            bias, and say nothing. It asks only that the codes be used alike over the batch, which
+            a posterior near uniform on every frame meets as well as one sure of a different code
+            for each kind of frame: on Pong with the network frozen (0.05, session 30) it kept all
+            16 codes in use and said next to nothing. 0 = off.
 
     The loss of a model with event codes also trains the prior on the posterior's distribution
     (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and

@@ -13,6 +13,9 @@ With ``cfg.palette_size = K`` the model's output is a categorical distribution o
 palette of K colours for every pixel (CDCD's categorical x0-parameterisation, Dieleman et al.
 2022) and a frame is each pixel's most likely colour; see :class:`DynamicsModel`.
 
+With ``cfg.event_codes = K`` each frame is also conditioned on one of K event codes, drawn from
+a learned prior in a dream (:class:`EventEncoder`; a per-frame stochastic latent).
+
 Rewards and episode ends are predicted by a separate model on pixels
 (:mod:`worldmodel.reward_model`).
 """
