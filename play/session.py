@@ -42,10 +42,10 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
         onnx_available,
         runtime_available,
     )
-    from worldmodel.simulator import resolve_backend, resolve_temperature
+    from worldmodel.simulator import resolve_backend, resolve_temperature, torch_only
 
     temperature = resolve_temperature(model, temperature)
-    if backend != "auto" or temperature > 0 or model.dynamics_config.event_codes:   # sampled colours, events: torch
+    if backend != "auto" or torch_only(model, temperature):             # checks the name; sampled colours, events: torch
         return resolve_backend(model, 1, backend, precision, temperature=temperature)
     device = next(model.dynamics.parameters()).device
     if not auto_prefers_onnx(device, 1, precision):

@@ -15,6 +15,7 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ["DREAMGAMES_CACHE"] = tempfile.mkdtemp(prefix="dreamgames-test-cache-")
 
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -40,6 +41,28 @@ def perturb_(module: torch.nn.Module, *, seed: int = 0, std: float = 0.05) -> to
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
     return module
+
+
+def random_dynamics(cfg, *, std: float = 0.1):
+    """A DynamicsModel of ``cfg`` with every parameter drawn from N(0, std) (torch's global
+    generator): no residual branch closed, so every input reaches the output."""
+    from worldmodel.dynamics import DynamicsModel
+
+    model = DynamicsModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model
+
+
+def warm_start_dynamics(model, source) -> bool:
+    """``training.pipeline._warm_start`` of ``model``'s dynamics stage from a bundle holding only
+    the dynamics model ``source``."""
+    from training.pipeline import _warm_start
+
+    bundle = SimpleNamespace(dynamics=source, dynamics_config=source.cfg, tokenizer=None, lam=None, reward_model=None,
+                             tokenizer_config=None, lam_config=None, reward_config=None)
+    return _warm_start(model, model.cfg, bundle, "dynamics")
 
 
 def real_pong_frames(steps: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

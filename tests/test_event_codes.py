@@ -14,25 +14,16 @@ import pytest
 import torch
 
 from recorders.dataset import Episode, WindowSampler
-from tests.conftest import make_tiny_bundle
+from tests.conftest import make_tiny_bundle, random_dynamics, warm_start_dynamics
 from training.loops import EVENT_PRIOR_WEIGHT, categorical_kl, dynamics_loss_fn, event_samples
-from training.pipeline import _warm_start
 from worldmodel import Simulator
-from worldmodel.config import DynamicsConfig
+from worldmodel.config import DynamicsConfig, TokenizerConfig
 from worldmodel.dynamics import DynamicsModel
 from worldmodel.tokenizer import build_tokenizer
-from worldmodel.config import TokenizerConfig
 
 K = 4
 CFG = DynamicsConfig(width=32, depth=2, heads=2, context_frames=3, num_actions=3, token_dim=12, tokens_per_frame=16,
                      palette_size=4, reward_clock=5)
-
-
-@dataclasses.dataclass
-class _Bundle:
-    dynamics: DynamicsModel
-    dynamics_config: DynamicsConfig
-    tokenizer = lam = reward_model = tokenizer_config = lam_config = reward_config = None
 
 
 def _inputs(seed=0):
@@ -43,12 +34,10 @@ def _inputs(seed=0):
 
 def test_codes_start_at_zero_and_reach_the_frame_once_learnt(capsys):
     torch.manual_seed(0)
-    plain = DynamicsModel(CFG)
-    for p in plain.parameters():
-        p.data.normal_(0, 0.1)
+    plain = random_dynamics(CFG)
     evented = DynamicsModel(dataclasses.replace(CFG, event_codes=K))
     assert not evented.event_emb.weight.any() and not evented.event_in.weight.any()
-    assert _warm_start(evented, evented.cfg, _Bundle(plain, plain.cfg), "dynamics")
+    assert warm_start_dynamics(evented, plain)
     assert "event_posterior.token_in.weight" in capsys.readouterr().out
     tokens, levels, actions = _inputs()
     codes = torch.tensor([[-1, 0, 3], [2, 1, 1]])
@@ -67,7 +56,7 @@ def test_codes_start_at_zero_and_reach_the_frame_once_learnt(capsys):
         torch.testing.assert_close(evented(tokens, levels, actions, logits=True),
                                    evented(tokens, levels, actions, events=none, logits=True))
     with pytest.raises(ValueError, match="differs in event_codes"):
-        _warm_start(plain, plain.cfg, _Bundle(evented, evented.cfg), "dynamics")
+        warm_start_dynamics(plain, evented)
     with pytest.raises(ValueError, match="event_codes must be 0"):
         dataclasses.replace(CFG, event_codes=1)
     with pytest.raises(ValueError, match="has no event codes"):

@@ -10,20 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_tiny_bundle
-from training.pipeline import _warm_start
+from tests.conftest import make_tiny_bundle, random_dynamics, warm_start_dynamics
 from worldmodel import Simulator
 from worldmodel.config import DynamicsConfig
 from worldmodel.dynamics import DynamicsModel, LocalMixing
 
 CFG = DynamicsConfig(width=32, depth=2, heads=2, context_frames=3, num_actions=3, token_dim=12, tokens_per_frame=16)
-
-
-@dataclasses.dataclass
-class _Bundle:
-    dynamics: DynamicsModel
-    dynamics_config: DynamicsConfig
-    tokenizer = lam = reward_model = tokenizer_config = lam_config = reward_config = None
 
 
 def test_a_token_reads_its_3x3_neighbourhood_in_its_own_frame_only():
@@ -42,12 +34,10 @@ def test_a_token_reads_its_3x3_neighbourhood_in_its_own_frame_only():
 
 def test_it_starts_as_the_model_without_it_and_warm_starts_from_one(capsys):
     torch.manual_seed(0)
-    plain = DynamicsModel(CFG)
-    for p in plain.parameters():
-        p.data.normal_(0, 0.1)
+    plain = random_dynamics(CFG)
     mixed = DynamicsModel(dataclasses.replace(CFG, local_mixing=True))
     assert all(not b.local.conv.weight.any() for b in mixed.blocks)
-    assert _warm_start(mixed, mixed.cfg, _Bundle(plain, plain.cfg), "dynamics")
+    assert warm_start_dynamics(mixed, plain)
     assert "blocks.0.local.conv.weight" in capsys.readouterr().out
     tokens, levels = torch.randn(2, 3, 16, 12), torch.rand(2, 3)
     actions = torch.randint(0, 3, (2, 3))
@@ -57,7 +47,7 @@ def test_it_starts_as_the_model_without_it_and_warm_starts_from_one(capsys):
         assert (mixed(tokens, levels, actions) - plain(tokens, levels, actions)).abs().max() > 1e-3
     # The other way would drop trained layers: refused, naming the field.
     with pytest.raises(ValueError, match="differs in local_mixing"):
-        _warm_start(plain, plain.cfg, _Bundle(mixed, mixed.cfg), "dynamics")
+        warm_start_dynamics(plain, mixed)
 
 
 def test_it_needs_a_square_grid_of_tokens():

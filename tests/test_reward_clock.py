@@ -12,21 +12,13 @@ import pytest
 import torch
 
 from recorders.dataset import NO_REWARD_SEEN, Episode, WindowSampler, frames_since_reward
-from tests.conftest import make_tiny_bundle
-from training.pipeline import _warm_start
+from tests.conftest import make_tiny_bundle, random_dynamics, warm_start_dynamics
 from worldmodel import Simulator
 from worldmodel.config import DynamicsConfig
 from worldmodel.dynamics import DynamicsModel
 
 CFG = DynamicsConfig(width=32, depth=2, heads=2, context_frames=3, num_actions=3, token_dim=12, tokens_per_frame=16)
 BIG = NO_REWARD_SEEN
-
-
-@dataclasses.dataclass
-class _Bundle:
-    dynamics: DynamicsModel
-    dynamics_config: DynamicsConfig
-    tokenizer = lam = reward_model = tokenizer_config = lam_config = reward_config = None
 
 
 def test_the_clock_counts_frames_since_the_last_reward():
@@ -48,12 +40,10 @@ def test_a_training_window_gives_each_frame_the_clock_of_the_frame_before_it():
 
 def test_it_starts_as_the_model_without_it_and_caps_the_clock(capsys):
     torch.manual_seed(0)
-    plain = DynamicsModel(CFG)
-    for p in plain.parameters():
-        p.data.normal_(0, 0.1)
+    plain = random_dynamics(CFG)
     clocked = DynamicsModel(dataclasses.replace(CFG, reward_clock=5))
     assert not clocked.clock_emb.weight.any() and not clocked.clock_in.weight.any()
-    assert _warm_start(clocked, clocked.cfg, _Bundle(plain, plain.cfg), "dynamics")
+    assert warm_start_dynamics(clocked, plain)
     assert "clock_emb.weight" in capsys.readouterr().out
     tokens, levels = torch.randn(2, 3, 16, 12), torch.rand(2, 3)
     actions = torch.randint(0, 3, (2, 3))
@@ -70,7 +60,7 @@ def test_it_starts_as_the_model_without_it_and_caps_the_clock(capsys):
         torch.testing.assert_close(clocked(tokens, levels, actions), clocked(tokens, levels, actions,
                                                                             since_reward=torch.full((2, 3), 5)))
     with pytest.raises(ValueError, match="differs in reward_clock"):
-        _warm_start(plain, plain.cfg, _Bundle(clocked, clocked.cfg), "dynamics")
+        warm_start_dynamics(plain, clocked)
     with pytest.raises(ValueError, match="reward_clock must be"):
         dataclasses.replace(CFG, reward_clock=-1)
 

@@ -615,11 +615,12 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size
-        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=_previous_frames(inputs),
+        previous = _previous_frames(inputs)
+        pred = dyn(add_noise(inputs, levels, eps), levels, actions, skip_tokens=previous,
                    since_reward=since, events=events, **({"logits": True} if palette else {}))
         logs = {}
         if events is not None:   # the prior learns the posterior's distribution from the frames a dream has
-            prior = dyn.event_scores("prior", _previous_frames(inputs)[:, :-1], inputs[:, :-1], actions[:, 1:],
+            prior = dyn.event_scores("prior", previous[:, :-1], inputs[:, :-1], actions[:, 1:],
                                      since[:, 1:])
             logs["event_kl"] = categorical_kl(posterior.detach(), prior).mean()
             usage = posterior.softmax(-1).mean((0, 1))

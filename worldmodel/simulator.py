@@ -380,6 +380,19 @@ def resolve_event_temperature(model: ModelBundle, event_temperature: float | Non
     return t
 
 
+def torch_only(model: ModelBundle, temperature: float = 0.0) -> str | None:
+    """Why ``model`` at colour sampling ``temperature`` cannot run on the onnx graph, or None if it can:
+    the graph draws each pixel's most likely colour and has no event-code input."""
+    if temperature > 0:
+        return (f"temperature={temperature} runs on the torch backend only; the onnx graph draws each pixel's most "
+                "likely colour")
+    events = model.dynamics_config.event_codes
+    if events:
+        return (f"a dynamics model with event codes (event_codes={events}) runs on the torch backend only; the onnx "
+                "graph has no event input")
+    return None
+
+
 def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", precision: str = "auto", *,
                     temperature: float = 0.0) -> str:
     """The backend a :class:`Simulator` of ``batch_size`` dreams with these settings runs.
@@ -396,16 +409,12 @@ def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", 
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
-    if backend == "onnx" and temperature > 0:
-        raise ValueError(f"temperature={temperature} runs on the torch backend only; the onnx graph draws each "
-                         "pixel's most likely colour")
-    events = model.dynamics_config.event_codes
-    if backend == "onnx" and events:
-        raise ValueError(f"a dynamics model with event codes (event_codes={events}) runs on the torch backend only; "
-                         "the onnx graph has no event input")
+    reason = torch_only(model, temperature)
+    if backend == "onnx" and reason:
+        raise ValueError(reason)
     if backend != "auto":
         return backend
-    if temperature > 0 or events:
+    if reason:
         return "torch"
     device = next(model.dynamics.parameters()).device
     ready = (auto_prefers_onnx(device, batch_size, precision) and runtime_available(device)
