@@ -222,3 +222,42 @@ def test_rollout_frames_setting_is_checked():
         build_config({"game": "pong", "preset": "tiny", "rollout_frames": 4})
     with pytest.raises(ValueError, match=r"rollout_frames must be in \[0, 3\].*got -1"):
         build_config({"game": "pong", "preset": "tiny", "rollout_frames": -1})
+
+
+def test_clock_dropout_reads_none_seen_in_whole_windows(setup):
+    """``clock_dropout`` replaces a window's reward clock by "none seen" (the cap) at every frame,
+    in about that share of the windows, and leaves the other windows' clocks as they were."""
+    episode, tokenizer, answer, _ = setup
+    episode.rewards[::3] = 1.0                       # a point every third frame: every real clock is below the cap
+    dyn = SpyDynamics(answer)
+    dyn.cfg.reward_clock = cap = 5
+
+    def clocks(dropout):
+        sampler = WindowSampler([episode], FRAMES, seed=0)
+        loss_fn = dynamics_loss_fn(sampler, 64, torch.device("cpu"), tokenizer, moving_weight=0.0,
+                                   generator=torch.Generator().manual_seed(0), clock_dropout=dropout)
+        dyn.calls.clear()
+        loss_fn(dyn)
+        return dyn.calls[-1]["since"]
+
+    real = clocks(0.0)
+    assert (real.clamp(max=cap) < cap).any(1).all()  # each window's real clock says something
+    assert (clocks(1.0) == cap).all()
+    half = clocks(0.5)
+    dropped = (half == cap).all(1)
+    assert 16 < int(dropped.sum()) < 48
+    torch.testing.assert_close(half[~dropped], real[~dropped])
+    with pytest.raises(ValueError, match="clock_dropout must be a probability in \\[0, 1\\], got 1.5"):
+        dynamics_loss_fn(WindowSampler([episode], FRAMES, seed=0), 2, torch.device("cpu"), tokenizer,
+                         moving_weight=0.0, clock_dropout=1.5)
+
+
+def test_clock_dropout_setting_needs_a_clock():
+    from training.pipeline import build_config
+
+    clocked = {"dynamics": {"reward_clock": 8}}
+    assert build_config({"game": "pong", "preset": "tiny", "clock_dropout": 0.2, "model": clocked}).clock_dropout == 0.2
+    with pytest.raises(ValueError, match="clock_dropout=0.2 needs a reward clock"):
+        build_config({"game": "pong", "preset": "tiny", "clock_dropout": 0.2})
+    with pytest.raises(ValueError, match=r"clock_dropout must be a probability in \[0, 1\], got -0.1"):
+        build_config({"game": "pong", "preset": "tiny", "clock_dropout": -0.1, "model": clocked})

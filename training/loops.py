@@ -485,7 +485,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
                      stale_pixels: float = 0.0, focal_gamma: float = 0.0, hard_pixel_weight: float = 0.0,
-                     rollout_frames: int = 0, event_diversity: float = 0.0):
+                     rollout_frames: int = 0, event_diversity: float = 0.0, clock_dropout: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -549,6 +549,13 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             a posterior near uniform on every frame meets as well as one sure of a different code
             for each kind of frame: on Pong with the network frozen (0.05, session 30) it kept all
             16 codes in use and said next to nothing. 0 = off.
+        clock_dropout: for a model with a reward clock, probability that a window's clock reads
+            "none seen" (``reward_clock``) at every frame, whatever the rewards before it were
+            (condition dropout, as classifier-free guidance trains its unconditional model, Ho &
+            Salimans 2022). The dream's clock comes from its reward model, which misses a point
+            the dream does not draw whole; the clock then runs on while the frames show what
+            follows a point, a state the real clock never pairs with them. With dropout the model
+            has seen such windows and what came next (the serve). 0 = off.
 
     The loss of a model with event codes also trains the prior on the posterior's distribution
     (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and
@@ -565,6 +572,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         raise ValueError(f"hard_pixel_weight must be >= 0, got {hard_pixel_weight!r}")
     if event_diversity < 0:
         raise ValueError(f"event_diversity must be >= 0, got {event_diversity!r}")
+    if not 0.0 <= clock_dropout <= 1.0:
+        raise ValueError(f"clock_dropout must be a probability in [0, 1], got {clock_dropout!r}")
 
     def stale(x: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
@@ -598,6 +607,9 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
         since = batch["since_reward"]
+        if clock_dropout and dyn.cfg.reward_clock:
+            dropped = torch.rand((b, 1), generator=generator, device=device) < clock_dropout
+            since = torch.where(dropped, dyn.cfg.reward_clock, since)
         inputs = tokenizer.encode(stale(x)).float() if stale_pixels > 0 else x0
         codes = events = None
         if dyn.cfg.event_codes:   # the real frames' codes: the same event in every pass, no-gradient ones included

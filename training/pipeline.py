@@ -83,6 +83,9 @@ class PipelineConfig:
             are replaced, as input, by the model's own free-running rollout, made as the dream
             makes its frames; targets unchanged (0 = off; below the window's
             ``context_frames``; see :func:`training.loops.dynamics_loss_fn`).
+        clock_dropout: for a dynamics model with a reward clock, probability that a training
+            window's clock reads "none seen" throughout (0 = off; see
+            :func:`training.loops.dynamics_loss_fn`).
         conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
             actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
             set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
@@ -122,6 +125,7 @@ class PipelineConfig:
     hard_pixel_weight: float = 0.0
     event_diversity: float = 0.0
     rollout_frames: int = 0
+    clock_dropout: float = 0.0
     conditioning: str = "actions"
     labelled_steps: int = 200
     start_windows: int = 32
@@ -153,7 +157,7 @@ def build_config(values: dict) -> PipelineConfig:
     bad = set(cfg.stages) - set(STAGES)
     if bad:
         raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {STAGES}")
-    for name in ("scheduled_sampling", "stale_pixels"):
+    for name in ("scheduled_sampling", "stale_pixels", "clock_dropout"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
     for name in ("focal_gamma", "hard_pixel_weight", "event_diversity"):
@@ -187,6 +191,8 @@ def build_config(values: dict) -> PipelineConfig:
         if getattr(cfg, name) and not model.dynamics.palette_size:
             raise ValueError(f"{name}={getattr(cfg, name)!r} needs the palette output: set "
                              f"+model.dynamics.palette_size (the shipped models use 32)")
+    if cfg.clock_dropout and not model.dynamics.reward_clock:
+        raise ValueError(f"clock_dropout={cfg.clock_dropout!r} needs a reward clock: set +model.dynamics.reward_clock")
     if cfg.event_diversity and not model.dynamics.event_codes:
         raise ValueError(f"event_diversity={cfg.event_diversity!r} needs event codes: set +model.dynamics.event_codes")
     return cfg
@@ -373,6 +379,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  hard_pixel_weight=cfg.hard_pixel_weight,
                                                  event_diversity=cfg.event_diversity,
                                                  rollout_frames=cfg.rollout_frames,
+                                                 clock_dropout=cfg.clock_dropout,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
