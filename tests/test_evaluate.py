@@ -126,9 +126,14 @@ def test_rollout_curves_of_a_perfect_and_a_copying_dream(pong_trajectory):
     perfect = rollout_curves(real, real[:, 1:], "pong")
     assert (perfect["psnr"] == 100.0).all() and np.allclose(perfect["ssim"], 1.0)
     assert np.nanmax(perfect["paddle_error_px"]) == 0.0
+    seen = ~np.isnan(perfect["ball_within_1px"])                # horizons with a ball in some window
+    assert seen.any() and (perfect["ball_within_1px"][seen] == 1.0).all()
     copying = rollout_curves(real, np.repeat(real[:, :1], 5, axis=1), "pong")
     np.testing.assert_allclose(copying["psnr"], copying["copy_last_psnr"])
     assert copying["psnr"][-1] < 100.0
+    # A ball left where it was is off by more than 3 px once it has flown a few frames.
+    assert np.nanmin(copying["ball_within_3px"]) < 1.0
+    assert (copying["ball_within_1px"] <= copying["ball_within_3px"])[~np.isnan(copying["ball_within_3px"])].all()
 
 
 def test_reward_model_quality_counts_every_transition(tiny_bundle, pong_dataset):

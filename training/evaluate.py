@@ -334,8 +334,13 @@ def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_s
     Returns:
         ``{name: (horizon,) float array}``: ``psnr``, ``psnr_moving``, ``ssim`` and their
         ``copy_last_`` baselines; for a game with a read-out (Pong, Breakout) also
-        ``ball_error_px`` and ``paddle_error_px`` (medians over windows, :func:`position_error`)
-        and ``ball_visible_dream`` / ``ball_visible_real`` (shares of windows).
+        ``ball_error_px`` and ``paddle_error_px`` (medians over windows, :func:`position_error`),
+        ``ball_within_1px`` / ``ball_within_3px`` (of the windows with a ball in the real or the
+        dreamt frame, the share whose ball is within 1 / 3 px; NaN where neither shows one)
+        and ``ball_visible_dream`` / ``ball_visible_real`` (shares of windows). The ball's
+        error is bimodal (a ball on its path, or on another path after a serve or a miss), so
+        where about half the windows are on either side the median jumps between the modes
+        from one draw of windows to the next; the shares within 1 and 3 px do not.
     """
     horizon = dream.shape[1]
     copy = real_all[:, 0]
@@ -356,8 +361,12 @@ def rollout_curves(real_all: np.ndarray, dream: np.ndarray, game: str, *, with_s
                 add(tag + "ssim", np.mean([ssim(r, f) for r, f in zip(real, pred)]))
         if readout is not None:
             ball_real, ball_fake = readout.ball_xy(real), readout.ball_xy(fake)
+            ball_err = position_error(ball_real, ball_fake)                      # (W,), NaN: no ball in either
+            compared = ~np.isnan(ball_err)
             with np.errstate(all="ignore"):
-                add("ball_error_px", np.nanmedian(position_error(ball_real, ball_fake)))
+                add("ball_error_px", np.nanmedian(ball_err))
+                for px in (1, 3):
+                    add(f"ball_within_{px}px", (ball_err[compared] <= px).mean() if compared.any() else np.nan)
                 add("paddle_error_px", np.nanmedian(position_error(readout.paddle(real), readout.paddle(fake))))
             add("ball_visible_real", np.isfinite(ball_real[..., 0]).mean())
             add("ball_visible_dream", np.isfinite(ball_fake[..., 0]).mean())

@@ -28,12 +28,19 @@ def plot_drift(curves: dict[str, np.ndarray], path: str | Path, *, title: str = 
                                                 ("psnr_moving", "PSNR, moving pixels (dB)"),
                                                 ("ssim", "SSIM"),
                                                 ("ball_error_px", "ball position error, median (px)"),
+                                                ("ball_within_3px", "windows with the ball within 1 / 3 px"),
                                                 ("paddle_error_px", "player paddle error, median (px)"))
               if name in curves]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
     for ax, (name, label) in zip(axes[0], panels):
         h = np.arange(1, len(curves[name]) + 1)
-        ax.plot(h, curves[name], label="dream")
+        if name == "ball_within_3px":
+            ax.plot(h, curves["ball_within_1px"], label="within 1 px")
+            ax.plot(h, curves[name], label="within 3 px")
+            ax.set_ylim(0, 1)
+            ax.legend(fontsize=8)
+        else:
+            ax.plot(h, curves[name], label="dream")
         if "copy_last_" + name in curves:
             ax.plot(h, curves["copy_last_" + name], "--", label="copy last real frame")
         ax.set_xscale("log", base=2)
