@@ -24,25 +24,27 @@ def plot_drift(curves: dict[str, np.ndarray], path: str | Path, *, title: str = 
         path: PNG to write.
     """
     plt = _pyplot()
-    panels = [(name, label) for name, label in (("psnr", "PSNR, whole frame (dB)"),
-                                                ("psnr_moving", "PSNR, moving pixels (dB)"),
-                                                ("ssim", "SSIM"),
-                                                ("ball_error_px", "ball position error, median (px)"),
-                                                ("ball_within_3px", "windows with the ball within 1 / 3 px"),
-                                                ("paddle_error_px", "player paddle error, median (px)"))
-              if name in curves]
+    # Each panel: its title, its curves ((name in ``curves``, legend label), drawn if the first is
+    # there) and its y range (None: matplotlib's).
+    panels = [(label, series, ylim) for label, series, ylim in (
+        ("PSNR, whole frame (dB)", [("psnr", "dream")], None),
+        ("PSNR, moving pixels (dB)", [("psnr_moving", "dream")], None),
+        ("SSIM", [("ssim", "dream")], None),
+        ("ball position error, median (px)", [("ball_error_px", "dream")], None),
+        ("windows with the ball within 1 / 3 px",
+         [("ball_within_1px", "within 1 px"), ("ball_within_3px", "within 3 px")], (0, 1)),
+        ("player paddle error, median (px)", [("paddle_error_px", "dream")], None)) if series[0][0] in curves]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-    for ax, (name, label) in zip(axes[0], panels):
-        h = np.arange(1, len(curves[name]) + 1)
-        if name == "ball_within_3px":
-            ax.plot(h, curves["ball_within_1px"], label="within 1 px")
-            ax.plot(h, curves[name], label="within 3 px")
-            ax.set_ylim(0, 1)
+    for ax, (label, series, ylim) in zip(axes[0], panels):
+        for name, legend in series:
+            h = np.arange(1, len(curves[name]) + 1)
+            ax.plot(h, curves[name], label=legend)
+            if "copy_last_" + name in curves:
+                ax.plot(h, curves["copy_last_" + name], "--", label="copy last real frame")
+        if len(series) > 1:
             ax.legend(fontsize=8)
-        else:
-            ax.plot(h, curves[name], label="dream")
-        if "copy_last_" + name in curves:
-            ax.plot(h, curves["copy_last_" + name], "--", label="copy last real frame")
+        if ylim:
+            ax.set_ylim(*ylim)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("horizon (steps)")
         ax.set_title(label, fontsize=9)
