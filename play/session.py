@@ -28,12 +28,11 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
     not cached yet), and on a CPU without AMX if the graph is exported already
     (else torch, with a hint to export it: onnx measured faster at batch 1 there). Otherwise
     ``"torch"``, and always for colours drawn at a ``temperature`` above 0 (default: the
-    bundle's; the onnx graph draws the most likely ones) and for a model with event codes
-    (the graph has no event input). ``"torch"`` and ``"onnx"`` are returned as given.
+    bundle's; the onnx graph draws the most likely ones). ``"torch"`` and ``"onnx"`` are
+    returned as given.
 
     Raises:
-        ValueError: an unknown backend name, a bad temperature, or onnx with a temperature above 0
-            or a model with event codes.
+        ValueError: an unknown backend name, a bad temperature, or onnx with a temperature above 0.
     """
     from worldmodel.onnx_backend import (
         OnnxUnavailable,
@@ -45,7 +44,7 @@ def prepare_backend(model: ModelBundle, backend: str = "auto", precision: str = 
     from worldmodel.simulator import resolve_backend, resolve_temperature, torch_only
 
     temperature = resolve_temperature(model, temperature)
-    if backend != "auto" or torch_only(model, temperature):             # checks the name; sampled colours, events: torch
+    if backend != "auto" or torch_only(model, temperature):             # checks the name; sampled colours: torch
         return resolve_backend(model, 1, backend, precision, temperature=temperature)
     device = next(model.dynamics.parameters()).device
     if not auto_prefers_onnx(device, 1, precision):

@@ -192,26 +192,13 @@ def test_a_dream_draws_in_proportion_to_the_prior(evented_bundle):
     sim2 = Simulator(evented_bundle, batch_size=2, seed=0, event_temperature=0)
     with pytest.raises(ValueError, match="event_temperature must be >= 0"):
         Simulator(evented_bundle, batch_size=1, event_temperature=-1)
-    with pytest.raises(ValueError, match="runs on the torch backend only"):
-        Simulator(evented_bundle, batch_size=1, backend="onnx")
-    assert sim2.backend == "torch"
+    assert sim2.event_temperature == 0
 
 
-def test_the_onnx_export_refuses_a_model_with_event_codes(evented_bundle, tmp_path):
-    from worldmodel.onnx_backend import OnnxUnavailable, export_step_graph
-
-    with pytest.raises(OnnxUnavailable, match="event codes .event_codes=4."):
-        export_step_graph(evented_bundle.dynamics, tmp_path / "graph.onnx")
-    assert not any(tmp_path.iterdir())
-
-
-def test_front_ends_and_the_evaluation_run_event_models_on_torch(evented_bundle, tiny_bundle, capsys):
-    from play.session import prepare_backend
+def test_the_evaluation_reports_the_event_temperature(evented_bundle, tiny_bundle):
     from training.evaluate import _simulator_choice
 
-    assert prepare_backend(evented_bundle) == "torch"
-    assert "hint" not in capsys.readouterr().out
-    options = {"backend": "auto", "precision": "float32", "event_temperature": 0.5}
+    options = {"backend": "torch", "precision": "float32", "event_temperature": 0.5}
     choice = _simulator_choice(evented_bundle, options, (1, 64))
     assert choice["backend"] == {1: "torch", 64: "torch"} and choice["event_temperature"] == 0.5
     assert _simulator_choice(evented_bundle, {**options, "event_temperature": None}, (1,))["event_temperature"] == 1.0

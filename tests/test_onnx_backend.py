@@ -68,6 +68,47 @@ def test_onnx_frames_match_torch(tiny_bundle, onnx_cache):
     assert int(np.abs(fo.astype(np.int16) - ft).max()) <= FRAME_TOLERANCE
 
 
+def test_onnx_takes_event_codes_and_dreams_as_torch_does(tiny_bundle, onnx_cache):
+    import onnxruntime as ort
+
+    from tests.conftest import make_tiny_bundle
+    from worldmodel.onnx_backend import StepGraph, example_inputs, graph_inputs
+
+    frames, actions = tiny_bundle.start_frames.numpy(), tiny_bundle.start_actions.numpy()
+    bundle = make_tiny_bundle(frames, actions, seed=3, reward_clock=8, event_codes=4)   # tokens, not palette argmaxes
+    assert graph_inputs(bundle.dynamics)[-2:] == ("since_reward", "events")
+    # The graph's pass against the torch module's, for two sets of codes that change its output.
+    session = ort.InferenceSession(str(cached_step_graph(bundle.dynamics, verbose=False)),
+                                   providers=["CPUExecutionProvider"])
+    graph = StepGraph(bundle.dynamics).eval()
+    torch.manual_seed(0)
+    inputs = example_inputs(bundle.dynamics, batch=2, frames=2)
+    passes = []
+    for codes in ([[0, 1], [2, 3]], [[3, -1], [1, 0]]):
+        inputs["events"] = torch.tensor(codes)
+        x0 = session.run(["x0"], {k: np.ascontiguousarray(v.numpy()) for k, v in inputs.items()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(x0, graph(**inputs)[0].numpy(), atol=1e-4)
+        passes.append(x0)
+    assert np.abs(passes[0] - passes[1]).max() > 1e-3
+    # A dream: the prior's draws (in torch on both backends) and the frames agree.
+    bundle = dataclasses.replace(bundle, sampler=dataclasses.replace(bundle.sampler, quantize_frames=False))
+    onnx = Simulator(bundle, batch_size=3, backend="onnx", seed=7, event_temperature=1)
+    ref = Simulator(bundle, batch_size=3, backend="torch", seed=7, precision="float32", event_temperature=1)
+    for sim in (onnx, ref):
+        sim.reset(*_start(bundle, 3))
+    rng = np.random.default_rng(0)
+    worst, drawn = 0, set()
+    for _ in range(12):
+        a = rng.integers(bundle.num_actions, size=3)
+        fo, ro, _ = onnx.step(a)
+        ft, rt, _ = ref.step(a)
+        worst = max(worst, int(np.abs(fo.astype(np.int16) - ft).max()))
+        np.testing.assert_array_equal(onnx.pending_event.numpy(), ref.pending_event.numpy())
+        drawn.update(onnx.pending_event[:, 0].tolist())
+    assert worst <= FRAME_TOLERANCE and len(drawn) > 1
+
+
 def test_export_is_cached_and_auto_uses_it(tiny_bundle, onnx_cache, monkeypatch):
     path = cached_step_graph(tiny_bundle.dynamics, verbose=False)
     assert path == graph_path(tiny_bundle.dynamics) and path.stat().st_size > 0

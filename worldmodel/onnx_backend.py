@@ -19,6 +19,9 @@ input              shape                                          dtype
 ``past_frames``    ``(B, S*N)`` frame index per cached token, -1    int64
 ``since_reward``   ``(B, F)`` their reward clocks (only a model     int64
                    with ``reward_clock``)
+``events``         ``(B, F)`` their event codes, -1 for none (only  int64
+                   a model with ``event_codes``; the Simulator
+                   draws them from the prior, in torch)
 =================  =============================================  ==========
 
 outputs: ``x0 (B, 1, N, D_tok)`` (the last frame's prediction: the others are passed only to
@@ -64,8 +67,10 @@ so that graphs cached by an earlier version are not reused."""
 
 
 def graph_inputs(dynamics: DynamicsModel) -> tuple[str, ...]:
-    """The graph's input names for ``dynamics``: :data:`INPUTS`, and ``since_reward`` for a model with a reward clock."""
-    return INPUTS + (("since_reward",) if dynamics.cfg.reward_clock else ())
+    """The graph's input names for ``dynamics``: :data:`INPUTS`, then ``since_reward`` for a model
+    with a reward clock and ``events`` for a model with event codes."""
+    return (INPUTS + (("since_reward",) if dynamics.cfg.reward_clock else ())
+            + (("events",) if dynamics.cfg.event_codes else ()))
 
 
 class OnnxUnavailable(RuntimeError):
@@ -103,25 +108,28 @@ class StepGraph(nn.Module):
         self.dynamics = dynamics
 
     def forward(self, tokens, level, action, position, prev_tokens, skip_tokens, past_k, past_v, past_frames,
-                since_reward=None):
+                since_reward=None, events=None):
         slots = self.dynamics.cfg.context_frames - 1
         cache = _GraphCache(past_k, past_v, past_frames, slots)
         # write=slots asks for the keys and values of all F (<= slots) frames; the caller stores the ones it commits.
         x0 = self.dynamics(tokens, level, action, position, cache=cache, write=slots, prev_tokens=prev_tokens,
-                           skip_tokens=skip_tokens, predict=1, since_reward=since_reward)
+                           skip_tokens=skip_tokens, predict=1, since_reward=since_reward, events=events)
         return x0, torch.stack(cache.new_k), torch.stack(cache.new_v)
 
 
-def example_inputs(dynamics: DynamicsModel, batch: int = 2, frames: int = 2) -> tuple[torch.Tensor, ...]:
-    """Inputs of the graph's shapes and dtypes for ``batch`` dreams and ``frames`` new frames (random values)."""
+def example_inputs(dynamics: DynamicsModel, batch: int = 2, frames: int = 2) -> dict[str, torch.Tensor]:
+    """The graph's inputs by name (:func:`graph_inputs`), of their shapes and dtypes for ``batch``
+    dreams and ``frames`` new frames (random values)."""
     c = dynamics.cfg
     s, n, d, h, hd = c.context_frames - 1, c.tokens_per_frame, c.token_dim, c.heads, dynamics.head_dim
     f = frames
     clock = (torch.randint(0, c.reward_clock + 1, (batch, f)),) if c.reward_clock else ()
-    return (torch.randn(batch, f, n, d), torch.rand(batch, f), torch.zeros(batch, f, dtype=torch.long),
-            torch.arange(s, s + f).expand(batch, f), torch.randn(batch, 1, n, d), torch.randn(batch, 1, n, d),
-            torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
-            torch.arange(s).repeat_interleave(n).expand(batch, s * n), *clock)
+    events = (torch.randint(-1, c.event_codes, (batch, f)),) if c.event_codes else ()
+    values = (torch.randn(batch, f, n, d), torch.rand(batch, f), torch.zeros(batch, f, dtype=torch.long),
+              torch.arange(s, s + f).expand(batch, f), torch.randn(batch, 1, n, d), torch.randn(batch, 1, n, d),
+              torch.randn(c.depth, batch, h, s * n, hd), torch.randn(c.depth, batch, h, s * n, hd),
+              torch.arange(s).repeat_interleave(n).expand(batch, s * n), *clock, *events)
+    return dict(zip(graph_inputs(dynamics), values, strict=True))
 
 
 def cache_dir() -> Path:
@@ -148,12 +156,8 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
 
     Raises:
-        OnnxUnavailable: the exporter's packages are missing, or the model has event codes
-            (``DynamicsConfig.event_codes``), which the graph does not take.
+        OnnxUnavailable: the exporter's packages are missing.
     """
-    if dynamics.cfg.event_codes:
-        raise OnnxUnavailable(f"this dynamics model has event codes (event_codes={dynamics.cfg.event_codes}), which the "
-                              "onnx graph does not take: run it with backend=torch")
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -169,7 +173,7 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     frames = torch.export.Dim("frames", min=1, max=dynamics.cfg.context_frames - 1)
     names = graph_inputs(dynamics)
     dynamic = {name: {1 if name in ("past_k", "past_v") else 0: batch} for name in names}
-    for name in ("tokens", "level", "action", "position", "since_reward"):
+    for name in ("tokens", "level", "action", "position", "since_reward", "events"):
         if name in dynamic:
             dynamic[name][1] = frames
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -179,7 +183,9 @@ def export_step_graph(dynamics: DynamicsModel, path: str | Path) -> Path:
     try:
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, example_inputs(graph.dynamics), str(tmp), dynamo=True, opset_version=OPSET,
+            # By name: a model may have events without a clock, so the optional inputs are keywords.
+            torch.onnx.export(graph, (), str(tmp), kwargs=example_inputs(graph.dynamics), dynamo=True,
+                              opset_version=OPSET,
                               input_names=list(names), output_names=list(OUTPUTS), dynamic_shapes=dynamic,
                               external_data=False, verbose=False)
         os.replace(tmp, path)
@@ -296,7 +302,7 @@ class OnnxStepper:
                             "new_k": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim),
                             "new_v": lambda b, f: (cfg.depth, b, cfg.heads, f * cfg.tokens_per_frame, dynamics.head_dim)}
         self._outputs: dict[tuple[int, int], dict[str, torch.Tensor]] = {}   # by (batch, frames)
-        self._inputs, self._clock_cap = graph_inputs(dynamics), cfg.reward_clock
+        self._inputs, self._clock_cap, self._evented = graph_inputs(dynamics), cfg.reward_clock, bool(cfg.event_codes)
 
     def _bind(self, binding, name: str, t: torch.Tensor, output: bool = False) -> None:
         np_type = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}[t.dtype]
@@ -304,7 +310,8 @@ class OnnxStepper:
         bind(name, self._ort_device, self._device_id, np_type, list(t.shape), t.data_ptr())
 
     def __call__(self, tokens, levels, actions, positions, *, cache, write: int, prev_tokens,
-                 skip_tokens, predict: int = 1, since_reward: torch.Tensor | None = None) -> torch.Tensor:
+                 skip_tokens, predict: int = 1, since_reward: torch.Tensor | None = None,
+                 events: torch.Tensor | None = None) -> torch.Tensor:
         """One pass, like ``dynamics(..., cache=cache, write=write, predict=1)``: returns the last
         frame's ``x0 (B, 1, N, D_tok)`` and commits the first ``write`` frames to ``cache``.
 
@@ -317,6 +324,8 @@ class OnnxStepper:
         inputs = (tokens, levels, actions, positions, prev_tokens, skip_tokens, cache.k, cache.v, cache.token_frames())
         if self._clock_cap:                     # the reward clock; the graph caps it
             inputs += (torch.full_like(actions, self._clock_cap) if since_reward is None else since_reward,)
+        if self._evented:                       # -1: no code, as the torch model reads None
+            inputs += (torch.full_like(actions, -1) if events is None else events,)
         out = self._outputs.get((b, f))
         if out is None:
             out = self._outputs[(b, f)] = {name: torch.empty(shape(b, f), device=self.device)

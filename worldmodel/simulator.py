@@ -62,12 +62,12 @@ class Simulator:
             backend, which ``backend="auto"`` then picks; the noise comes from ``seed``
             (:func:`resolve_temperature`).
         event_temperature: a model with event codes draws each frame's code from its prior at
-            this temperature (default: the bundle's sampler; 0 = the most likely code). Such a
-            model runs on the torch backend, which ``backend="auto"`` then picks.
+            this temperature (default: the bundle's sampler; 0 = the most likely code), in torch
+            on either backend (the onnx graph takes the drawn codes as an input).
 
     Raises:
-        ValueError: unknown backend or precision, bfloat16, a temperature or a model with event
-            codes asked of the onnx backend, a temperature for a model without a palette or below 0,
+        ValueError: unknown backend or precision, bfloat16 or a temperature asked of the onnx
+            backend, a temperature for a model without a palette or below 0,
             an event temperature below 0, or a batch size below 1.
         worldmodel.onnx_backend.OnnxUnavailable: ``backend="onnx"`` where it cannot run.
     """
@@ -382,14 +382,10 @@ def resolve_event_temperature(model: ModelBundle, event_temperature: float | Non
 
 def torch_only(model: ModelBundle, temperature: float = 0.0) -> str | None:
     """Why ``model`` at colour sampling ``temperature`` cannot run on the onnx graph, or None if it can:
-    the graph draws each pixel's most likely colour and has no event-code input."""
+    the graph draws each pixel's most likely colour."""
     if temperature > 0:
         return (f"temperature={temperature} runs on the torch backend only; the onnx graph draws each pixel's most "
                 "likely colour")
-    events = model.dynamics_config.event_codes
-    if events:
-        return (f"a dynamics model with event codes (event_codes={events}) runs on the torch backend only; the onnx "
-                "graph has no event input")
     return None
 
 
@@ -398,14 +394,13 @@ def resolve_backend(model: ModelBundle, batch_size: int, backend: str = "auto", 
     """The backend a :class:`Simulator` of ``batch_size`` dreams with these settings runs.
 
     ``"torch"`` and ``"onnx"`` are returned as given; ``"auto"`` is torch for a colour
-    sampling ``temperature`` above 0 (the onnx graph draws the most likely colours) or a model
-    with event codes (the graph has no event input), else onnx
+    sampling ``temperature`` above 0 (the onnx graph draws the most likely colours), else onnx
     where :func:`~worldmodel.onnx_backend.auto_prefers_onnx` says so, onnxruntime is installed and
     the model's graph is exported already (exporting takes seconds to a minute, which "auto"
     must not spend behind the caller's back), else torch.
 
     Raises:
-        ValueError: an unknown backend, or onnx with a temperature above 0 or a model with event codes.
+        ValueError: an unknown backend, or onnx with a temperature above 0.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {BACKENDS}")
