@@ -141,7 +141,7 @@ class Simulator:
               events):
         """One cached pass of the dynamics model, by the chosen backend: the last frame's prediction."""
         inputs = dict(cache=self.cache, write=write, prev_tokens=prev_tokens, skip_tokens=skip_tokens, predict=1,
-                      since_reward=since_reward, **({"events": events} if self.evented else {}))
+                      since_reward=since_reward, events=events)
         if self.temperature == 0:
             run = self._onnx if self._onnx is not None else self.dynamics
             return run(tokens, levels, actions, positions, **inputs)
