@@ -1,0 +1,151 @@
+"""Pong's serves: what the frames tell of a serve's direction, and how a model's serves part its ball from the game's.
+
+The ball's error at horizon 64 of the evaluation's teacher-forced rollouts is bimodal (README,
+Results): nearly every 64-step window holds a point and a serve, and the dream's ball is on the
+game's path after it or tens of pixels away. This script says why, in two parts.
+
+1. On a dataset's recorded play (no model): each serve (the ball seen again after at least
+   6 frames without one) with its vertical direction (over its first 3 frames), and how well
+   that direction is named by (a) the direction the ball had when it left the screen before,
+   (b) the computer's paddle's row on the frame before the serve (2-pixel bins), (c) the
+   player's paddle's row, each by the best look-up table fitted on the same serves (in-sample),
+   and how many frames without a ball come before the serve.
+
+2. With ``--checkpoint``: the evaluation's teacher-forced rollouts (:func:`training.evaluate.
+   teacher_forced_rollout`, 8 primed frames, the recorded actions, ``--windows`` windows drawn
+   by ``--seed`` on the evaluation's held-out episodes, ``training/heldout/pong`` unless
+   ``--heldout`` names others; horizon 64), and each window with a ball in the real
+   or the dreamt frame at horizon 64 classed: within 3 px or not; whether the game and the dream
+   served within the 64 steps; for a miss where both served, the difference of the first serves'
+   frames (dream minus game) and whether their vertical directions agree.
+
+    python scripts/pong_serves.py data/pong
+    python scripts/pong_serves.py training/heldout/pong --checkpoint pong --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+
+from envs.readout import ball_xy, paddle_y
+from recorders.dataset import EpisodeDataset
+
+ABSENT = 6          # frames without a ball before a reappearance that counts as a serve
+DIRECTION_FRAMES = 3
+
+
+def serve_frames(ball: np.ndarray) -> list[int]:
+    """Frames ``t`` of a ``(T, 2)`` ball track where a ball is seen after ``ABSENT`` frames without
+    one (or, near the track's start, after every earlier frame was without one)."""
+    seen = ~np.isnan(ball[:, 0])
+    return [t for t in range(1, len(seen)) if seen[t] and not seen[max(0, t - ABSENT):t].any()]
+
+
+def direction(ball: np.ndarray, t: int) -> int:
+    """Sign of the ball's vertical motion over ``DIRECTION_FRAMES`` frames from ``t`` (+1: down;
+    0 where the track ends or the ball is not seen)."""
+    end = min(t + DIRECTION_FRAMES, len(ball) - 1)
+    dy = ball[end, 1] - ball[t, 1]
+    return 0 if np.isnan(dy) else int(np.sign(dy))
+
+
+def serve_timing(dt: int) -> str:
+    """Words for the dream's first serve ``dt`` frames after the game's (negative: before)."""
+    if dt == 0:
+        return "serve on the game's frame"
+    if abs(dt) <= 5:
+        return f"serve {abs(dt)} frames {'early' if dt < 0 else 'late'}"
+    return "serves over 5 frames apart"
+
+
+def lookup_accuracy(keys: list, labels: np.ndarray) -> float:
+    """Share of ``labels`` named by the best in-sample table from ``keys`` (each key's majority)."""
+    groups: dict = collections.defaultdict(list)
+    for k, y in zip(keys, labels):
+        groups[k].append(y)
+    return sum(collections.Counter(g).most_common(1)[0][1] for g in groups.values()) / len(labels)
+
+
+def serve_predictability(dataset: EpisodeDataset) -> dict:
+    """Part 1 of the module docstring, over every episode of ``dataset``."""
+    rows = []
+    for i in range(len(dataset)):
+        frames = dataset[i].frames
+        ball = ball_xy(frames)
+        computer, player = paddle_y(frames, player=False), paddle_y(frames, player=True)
+        seen = np.flatnonzero(~np.isnan(ball[:, 0]))
+        for t in serve_frames(ball):
+            before = seen[seen < t]
+            dy = direction(ball, t)
+            if len(before) < 2 or dy == 0:
+                continue
+            rows.append(dict(dy=dy, exit=int(np.sign(ball[before[-1], 1] - ball[before[-2], 1])), gap=t - before[-1] - 1,
+                             computer=-1 if np.isnan(computer[t - 1]) else int(computer[t - 1] // 2),
+                             player=-1 if np.isnan(player[t - 1]) else int(player[t - 1] // 2)))
+    if not rows:
+        raise ValueError(f"no serves found in {dataset.root}")
+    dy = np.array([r["dy"] for r in rows])
+    gaps = np.array([r["gap"] for r in rows])
+    return {
+        "serves": len(rows),
+        "down_share": float((dy > 0).mean()),
+        "named_by_exit_direction": lookup_accuracy([r["exit"] for r in rows], dy),
+        "named_by_computer_paddle_row": lookup_accuracy([r["computer"] for r in rows], dy),
+        "named_by_player_paddle_row": lookup_accuracy([r["player"] for r in rows], dy),
+        "frames_without_ball_before_serve_median": float(np.median(gaps)),
+        "share_gap_over_8_frames": float((gaps > 8).mean()),
+    }
+
+
+def horizon_64_misses(checkpoint: str, heldout: str | None, *, windows: int, seed: int) -> dict:
+    """Part 2 of the module docstring (``heldout``: None for the evaluation's own set)."""
+    from training.evaluate import EvalConfig, ensure_heldout, position_error, teacher_forced_rollout
+    from worldmodel.bundle import load
+
+    model = load(checkpoint)
+    model.eval()
+    episodes = ensure_heldout(EvalConfig(checkpoint=checkpoint, heldout=heldout), model.game)
+    real, dream = teacher_forced_rollout(model, episodes, horizon=64, windows=windows, seed=seed)
+    ball_real, ball_dream = ball_xy(real[:, 1:]), ball_xy(dream)          # (W, 64, 2), aligned
+    err = position_error(ball_real[:, -1], ball_dream[:, -1])
+    classes: collections.Counter = collections.Counter()
+    for w in np.flatnonzero(~np.isnan(err)):
+        sr, sd = serve_frames(ball_real[w]), serve_frames(ball_dream[w])
+        key = ["within 3 px" if err[w] <= 3 else "miss", "game serves" if sr else "game does not serve",
+               "dream serves" if sd else "dream does not serve"]
+        if err[w] > 3 and sr and sd:
+            same = direction(ball_real[w], sr[0]) == direction(ball_dream[w], sd[0])
+            key += [serve_timing(sd[0] - sr[0]), "same direction" if same else "other direction"]
+        classes[", ".join(key)] += 1
+    compared = int((~np.isnan(err)).sum())
+    return {"windows": windows, "seed": seed, "with_a_ball_at_h64": compared,
+            "within_3px": int((err <= 3).sum()), "median_px": float(np.nanmedian(err)),
+            "classes": dict(classes.most_common())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", help="a Pong dataset directory, for part 1")
+    ap.add_argument("--checkpoint", help="also class a bundle's horizon-64 ball errors (part 2)")
+    ap.add_argument("--heldout", help="part 2's episodes (default: the evaluation's, training/heldout/pong)")
+    ap.add_argument("--windows", type=int, default=128, help="teacher-forced windows (default 128, as the evaluation)")
+    ap.add_argument("--seed", type=int, default=0, help="window and noise seed (default 0, as the evaluation)")
+    args = ap.parse_args()
+    dataset = EpisodeDataset(args.dataset)
+    if dataset.metadata["game"] != "pong":
+        ap.error(f"{args.dataset} holds {dataset.metadata['game']!r} episodes, not pong")
+    for key, value in serve_predictability(dataset).items():
+        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+    if args.checkpoint:
+        result = horizon_64_misses(args.checkpoint, args.heldout, windows=args.windows, seed=args.seed)
+        classes = result.pop("classes")
+        print(", ".join(f"{k} {v}" for k, v in result.items()))
+        for name, count in classes.items():
+            print(f"{count:4d}  {name}")
+
+
+if __name__ == "__main__":
+    main()
