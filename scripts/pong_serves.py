@@ -17,7 +17,10 @@ game's path after it or tens of pixels away. This script says why, in two parts.
    ``--heldout`` names others; horizon 64), and each window with a ball in the real
    or the dreamt frame at horizon 64 classed: within 3 px or not; whether the game and the dream
    served within the 64 steps; for a miss where both served, the difference of the first serves'
-   frames (dream minus game) and whether their vertical directions agree.
+   frames (dream minus game) and whether their vertical directions agree. And each of the
+   held-out set's serves predicted from the game's own frames: primed with the 8 real frames
+   up to the one before the serve, then 6 steps with the recorded actions; whether the dream
+   serves on the game's frame, and in the game's direction.
 
     python scripts/pong_serves.py data/pong
     python scripts/pong_serves.py training/heldout/pong --checkpoint pong --seed 0
@@ -50,6 +53,13 @@ def direction(ball: np.ndarray, t: int) -> int:
     end = min(t + DIRECTION_FRAMES, len(ball) - 1)
     dy = ball[end, 1] - ball[t, 1]
     return 0 if np.isnan(dy) else int(np.sign(dy))
+
+
+def exit_direction(ball: np.ndarray, t: int) -> int:
+    """Sign of the ball's vertical motion over its last two frames seen before frame ``t`` (0: not
+    seen twice in the track before ``t``)."""
+    seen = np.flatnonzero(~np.isnan(ball[:t, 0]))
+    return 0 if len(seen) < 2 else int(np.sign(ball[seen[-1], 1] - ball[seen[-2], 1]))
 
 
 def serve_timing(dt: int) -> str:
@@ -119,11 +129,41 @@ def horizon_64_misses(checkpoint: str, heldout: str | None, *, windows: int, see
         if err[w] > 3 and sr and sd:
             same = direction(ball_real[w], sr[0]) == direction(ball_dream[w], sd[0])
             key += [serve_timing(sd[0] - sr[0]), "same direction" if same else "other direction"]
+            if not same:
+                exits = exit_direction(ball_real[w], sr[0]), exit_direction(ball_dream[w], sd[0])
+                key.append("left before the rollout" if exits == (0, 0) else
+                           "left in the game's direction" if exits[0] == exits[1] else "left in another direction")
         classes[", ".join(key)] += 1
     compared = int((~np.isnan(err)).sum())
     return {"windows": windows, "seed": seed, "with_a_ball_at_h64": compared,
             "within_3px": int((err <= 3).sum()), "median_px": float(np.nanmedian(err)),
             "classes": dict(classes.most_common())}
+
+
+def serves_from_the_game(checkpoint: str, heldout: str | None, *, seed: int, horizon: int = 6,
+                         max_serves: int | None = None) -> dict:
+    """Part 2's last paragraph: the model's serve from the game's frames, at each held-out serve
+    (the first ``max_serves`` of them)."""
+    from training.evaluate import EvalConfig, ensure_heldout, teacher_forced_rollout
+    from worldmodel.bundle import load
+
+    model = load(checkpoint)
+    model.eval()
+    ctx = model.dynamics_config.context_frames
+    episodes = ensure_heldout(EvalConfig(checkpoint=checkpoint, heldout=heldout), model.game)
+    starts = [(e, t - ctx) for e in episodes for t in serve_frames(ball_xy(e.frames))
+              if t >= ctx and t + horizon <= len(e.frames)][:max_serves]
+    if not starts:
+        raise ValueError("no serve in the held-out episodes has the frames around it that a rollout needs")
+    real, dream = teacher_forced_rollout(model, episodes, horizon=horizon, windows=len(starts), seed=seed, starts=starts)
+    ball_real, ball_dream = ball_xy(real[:, 1:]), ball_xy(dream)          # the game serves at index 0
+    on_time = same = 0
+    for w in range(len(starts)):
+        if np.isnan(ball_dream[w, 0, 0]):
+            continue
+        on_time += 1
+        same += direction(ball_dream[w], 0) == direction(ball_real[w], 0)
+    return {"serves": len(starts), "dream_serves_on_time": on_time, "of_which_in_the_games_direction": int(same)}
 
 
 def main() -> None:
@@ -133,6 +173,7 @@ def main() -> None:
     ap.add_argument("--heldout", help="part 2's episodes (default: the evaluation's, training/heldout/pong)")
     ap.add_argument("--windows", type=int, default=128, help="teacher-forced windows (default 128, as the evaluation)")
     ap.add_argument("--seed", type=int, default=0, help="window and noise seed (default 0, as the evaluation)")
+    ap.add_argument("--max-serves", type=int, help="serves predicted from the game's frames (default: all)")
     args = ap.parse_args()
     dataset = EpisodeDataset(args.dataset)
     if dataset.metadata["game"] != "pong":
@@ -145,6 +186,8 @@ def main() -> None:
         print(", ".join(f"{k} {v}" for k, v in result.items()))
         for name, count in classes.items():
             print(f"{count:4d}  {name}")
+        print(", ".join(f"{k} {v}" for k, v in serves_from_the_game(args.checkpoint, args.heldout,
+                                                                      seed=args.seed, max_serves=args.max_serves).items()))
 
 
 if __name__ == "__main__":

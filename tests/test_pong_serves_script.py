@@ -27,6 +27,7 @@ def test_a_serve_is_a_ball_seen_after_six_frames_without_one():
     assert serves.serve_frames(ball) == [11]                 # the 3-frame gap does not count
     assert serves.direction(ball, 11) == -1 and serves.direction(ball, 0) == 1
     assert serves.serve_frames(track((2, 0, None), (3, 5, 1))) == [2]   # no ball since the track began
+    assert serves.exit_direction(ball, 11) == 1 and serves.exit_direction(ball, 1) == 0
 
 
 def test_lookup_accuracy_takes_each_keys_majority():
@@ -35,7 +36,8 @@ def test_lookup_accuracy_takes_each_keys_majority():
 
 
 def test_runs_on_the_shipped_heldout_set_with_a_checkpoint():
-    out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/pong", "--checkpoint", "pong", "--windows", "3"],
+    out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/pong", "--checkpoint", "pong", "--windows", "3",
+                          "--max-serves", "4"],
                          capture_output=True, text=True, cwd=SCRIPT.parents[1], timeout=300)
     assert out.returncode == 0, out.stderr
     n = int(re.search(r"^serves: (\d+)$", out.stdout, re.M)[1])
@@ -45,6 +47,8 @@ def test_runs_on_the_shipped_heldout_set_with_a_checkpoint():
     assert m and int(m[2]) <= int(m[1]) <= 3
     classed = sum(int(c) for c in re.findall(r"^ +(\d+)  ", out.stdout, re.M))
     assert classed == int(m[1])
+    m = re.search(r"^serves 4, dream_serves_on_time (\d+), of_which_in_the_games_direction (\d+)$", out.stdout, re.M)
+    assert m and int(m[2]) <= int(m[1]) <= 4, out.stdout
 
 
 def test_refuses_a_dataset_of_another_game():
