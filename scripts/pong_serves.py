@@ -17,7 +17,9 @@ game's path after it or tens of pixels away. This script says why, in two parts.
    ``--heldout`` names others; horizon 64), and each window with a ball in the real
    or the dreamt frame at horizon 64 classed: within 3 px or not; whether the game and the dream
    served within the 64 steps; for a miss where both served, the difference of the first serves'
-   frames (dream minus game) and whether their vertical directions agree. And each of the
+   frames (dream minus game) and whether their vertical directions agree, and where they do
+   not, whether the two balls had left the screen in one direction (within the rollout; "left
+   before the rollout" where both left in the primed real frames). And each of the
    held-out set's serves predicted from the game's own frames: primed with the 8 real frames
    up to the one before the serve, then 6 steps with the recorded actions; whether the dream
    serves on the game's frame, and in the game's direction.
@@ -92,7 +94,7 @@ def serve_predictability(dataset: EpisodeDataset) -> dict:
             dy = direction(ball, t)
             if len(before) < 2 or dy == 0:
                 continue
-            rows.append(dict(dy=dy, exit=int(np.sign(ball[before[-1], 1] - ball[before[-2], 1])), gap=t - before[-1] - 1,
+            rows.append(dict(dy=dy, exit=exit_direction(ball, t), gap=t - before[-1] - 1,
                              computer=-1 if np.isnan(computer[t - 1]) else int(computer[t - 1] // 2),
                              player=-1 if np.isnan(player[t - 1]) else int(player[t - 1] // 2)))
     if not rows:
@@ -110,14 +112,10 @@ def serve_predictability(dataset: EpisodeDataset) -> dict:
     }
 
 
-def horizon_64_misses(checkpoint: str, heldout: str | None, *, windows: int, seed: int) -> dict:
-    """Part 2 of the module docstring (``heldout``: None for the evaluation's own set)."""
-    from training.evaluate import EvalConfig, ensure_heldout, position_error, teacher_forced_rollout
-    from worldmodel.bundle import load
+def horizon_64_misses(model, episodes: list, *, windows: int, seed: int) -> dict:
+    """Part 2 of the module docstring: a :class:`~worldmodel.bundle.ModelBundle` on held-out episodes."""
+    from training.evaluate import position_error, teacher_forced_rollout
 
-    model = load(checkpoint)
-    model.eval()
-    episodes = ensure_heldout(EvalConfig(checkpoint=checkpoint, heldout=heldout), model.game)
     real, dream = teacher_forced_rollout(model, episodes, horizon=64, windows=windows, seed=seed)
     ball_real, ball_dream = ball_xy(real[:, 1:]), ball_xy(dream)          # (W, 64, 2), aligned
     err = position_error(ball_real[:, -1], ball_dream[:, -1])
@@ -140,17 +138,12 @@ def horizon_64_misses(checkpoint: str, heldout: str | None, *, windows: int, see
             "classes": dict(classes.most_common())}
 
 
-def serves_from_the_game(checkpoint: str, heldout: str | None, *, seed: int, horizon: int = 6,
-                         max_serves: int | None = None) -> dict:
+def serves_from_the_game(model, episodes: list, *, seed: int, horizon: int = 6, max_serves: int | None = None) -> dict:
     """Part 2's last paragraph: the model's serve from the game's frames, at each held-out serve
     (the first ``max_serves`` of them)."""
-    from training.evaluate import EvalConfig, ensure_heldout, teacher_forced_rollout
-    from worldmodel.bundle import load
+    from training.evaluate import teacher_forced_rollout
 
-    model = load(checkpoint)
-    model.eval()
     ctx = model.dynamics_config.context_frames
-    episodes = ensure_heldout(EvalConfig(checkpoint=checkpoint, heldout=heldout), model.game)
     starts = [(e, t - ctx) for e in episodes for t in serve_frames(ball_xy(e.frames))
               if t >= ctx and t + horizon <= len(e.frames)][:max_serves]
     if not starts:
@@ -175,19 +168,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="window and noise seed (default 0, as the evaluation)")
     ap.add_argument("--max-serves", type=int, help="serves predicted from the game's frames (default: all)")
     args = ap.parse_args()
+    for name in ("windows", "max_serves"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     dataset = EpisodeDataset(args.dataset)
     if dataset.metadata["game"] != "pong":
         ap.error(f"{args.dataset} holds {dataset.metadata['game']!r} episodes, not pong")
     for key, value in serve_predictability(dataset).items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     if args.checkpoint:
-        result = horizon_64_misses(args.checkpoint, args.heldout, windows=args.windows, seed=args.seed)
+        from training.evaluate import EvalConfig, ensure_heldout
+        from worldmodel.bundle import load
+
+        model = load(args.checkpoint)
+        model.eval()
+        episodes = ensure_heldout(EvalConfig(checkpoint=args.checkpoint, heldout=args.heldout), model.game)
+        result = horizon_64_misses(model, episodes, windows=args.windows, seed=args.seed)
         classes = result.pop("classes")
         print(", ".join(f"{k} {v}" for k, v in result.items()))
         for name, count in classes.items():
             print(f"{count:4d}  {name}")
-        print(", ".join(f"{k} {v}" for k, v in serves_from_the_game(args.checkpoint, args.heldout,
-                                                                      seed=args.seed, max_serves=args.max_serves).items()))
+        serves = serves_from_the_game(model, episodes, seed=args.seed, max_serves=args.max_serves)
+        print(", ".join(f"{k} {v}" for k, v in serves.items()))
 
 
 if __name__ == "__main__":

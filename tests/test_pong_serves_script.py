@@ -55,3 +55,9 @@ def test_refuses_a_dataset_of_another_game():
     out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/breakout"], capture_output=True, text=True,
                          cwd=SCRIPT.parents[1], timeout=120)
     assert out.returncode != 0 and "'breakout' episodes, not pong" in out.stderr
+
+
+def test_refuses_zero_windows():
+    out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/pong", "--windows", "0"], capture_output=True,
+                         text=True, cwd=SCRIPT.parents[1], timeout=120)
+    assert out.returncode != 0 and "--windows must be >= 1, got 0" in out.stderr
