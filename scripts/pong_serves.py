@@ -9,7 +9,9 @@ game's path after it or tens of pixels away. This script says why, in two parts.
    that direction is named by (a) the direction the ball had when it left the screen before,
    (b) the computer's paddle's row on the frame before the serve (2-pixel bins), (c) the
    player's paddle's row, each by the best look-up table fitted on the same serves (in-sample),
-   and how many frames without a ball come before the serve.
+   and how many frames without a ball come before the serve; and the serves' directions when
+   the computer's paddle is hidden (over the top wall, where the game takes it after a point)
+   on the frame before the serve, and when it is shown.
 
 2. With ``--checkpoint``: the evaluation's teacher-forced rollouts (:func:`training.evaluate.
    teacher_forced_rollout`, 8 primed frames, the recorded actions, ``--windows`` windows drawn
@@ -19,7 +21,8 @@ game's path after it or tens of pixels away. This script says why, in two parts.
    served within the 64 steps; for a miss where both served, the difference of the first serves'
    frames (dream minus game) and whether their vertical directions agree, and where they do
    not, whether the two balls had left the screen in one direction (within the rollout; "left
-   before the rollout" where both left in the primed real frames). And each of the
+   before the rollout" where both left in the primed real frames) and whether the computer's
+   paddle was hidden or shown on the frame before each serve. And each of the
    held-out set's serves predicted from the game's own frames: primed with the 8 real frames
    up to the one before the serve, then 6 steps with the recorded actions; whether the dream
    serves on the game's frame, and in the game's direction.
@@ -101,6 +104,7 @@ def serve_predictability(dataset: EpisodeDataset) -> dict:
         raise ValueError(f"no serves found in {dataset.root}")
     dy = np.array([r["dy"] for r in rows])
     gaps = np.array([r["gap"] for r in rows])
+    hidden = np.array([r["computer"] == -1 for r in rows])
     return {
         "serves": len(rows),
         "down_share": float((dy > 0).mean()),
@@ -109,6 +113,8 @@ def serve_predictability(dataset: EpisodeDataset) -> dict:
         "named_by_player_paddle_row": lookup_accuracy([r["player"] for r in rows], dy),
         "frames_without_ball_before_serve_median": float(np.median(gaps)),
         "share_gap_over_8_frames": float((gaps > 8).mean()),
+        "computer_paddle_hidden_serves_up_down": (int((dy[hidden] < 0).sum()), int((dy[hidden] > 0).sum())),
+        "computer_paddle_shown_serves_up_down": (int((dy[~hidden] < 0).sum()), int((dy[~hidden] > 0).sum())),
     }
 
 
@@ -131,6 +137,9 @@ def horizon_64_misses(model, episodes: list, *, windows: int, seed: int) -> dict
                 exits = exit_direction(ball_real[w], sr[0]), exit_direction(ball_dream[w], sd[0])
                 key.append("left before the rollout" if exits == (0, 0) else
                            "left in the game's direction" if exits[0] == exits[1] else "left in another direction")
+                key.append("computer's paddle " + " in the game, ".join(
+                    "hidden" if np.isnan(paddle_y(frames[w, t], player=False)) else "shown"
+                    for frames, t in ((real[:, 1:], sr[0] - 1), (dream, sd[0] - 1))) + " in the dream")
         classes[", ".join(key)] += 1
     compared = int((~np.isnan(err)).sum())
     return {"windows": windows, "seed": seed, "with_a_ball_at_h64": compared,
