@@ -137,9 +137,10 @@ def horizon_64_misses(model, episodes: list, *, windows: int, seed: int) -> dict
                 exits = exit_direction(ball_real[w], sr[0]), exit_direction(ball_dream[w], sd[0])
                 key.append("left before the rollout" if exits == (0, 0) else
                            "left in the game's direction" if exits[0] == exits[1] else "left in another direction")
-                key.append("computer's paddle " + " in the game, ".join(
-                    "hidden" if np.isnan(paddle_y(frames[w, t], player=False)) else "shown"
-                    for frames, t in ((real[:, 1:], sr[0] - 1), (dream, sd[0] - 1))) + " in the dream")
+                before_game, before_dream = real[w, sr[0]], dream[w, sd[0] - 1]    # the frames before the serves
+                game, dreamt = ("hidden" if np.isnan(paddle_y(f, player=False)) else "shown"
+                                for f in (before_game, before_dream))
+                key.append(f"computer's paddle {game} in the game, {dreamt} in the dream")
         classes[", ".join(key)] += 1
     compared = int((~np.isnan(err)).sum())
     return {"windows": windows, "seed": seed, "with_a_ball_at_h64": compared,
