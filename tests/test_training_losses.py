@@ -261,3 +261,29 @@ def test_clock_dropout_setting_needs_a_clock():
         build_config({"game": "pong", "preset": "tiny", "clock_dropout": 0.2})
     with pytest.raises(ValueError, match=r"clock_dropout must be a probability in \[0, 1\], got -0.1"):
         build_config({"game": "pong", "preset": "tiny", "clock_dropout": -0.1, "model": clocked})
+
+
+def test_teacher_forcing_noises_every_frame_but_the_last_at_a_context_level(setup):
+    """``teacher_forcing`` gives about that share of the windows context levels (<= 0.1) on every
+    frame but the last, whose level stays the one diffusion forcing drew; other windows keep theirs."""
+    episode, tokenizer, answer, _ = setup
+    dyn = SpyDynamics(answer)
+
+    def levels(share):
+        loss_fn = dynamics_loss_fn(WindowSampler([episode], FRAMES, seed=0), 64, torch.device("cpu"), tokenizer,
+                                   moving_weight=0.0, generator=torch.Generator().manual_seed(0),
+                                   teacher_forcing=share)
+        dyn.calls.clear()
+        loss_fn(dyn)
+        return dyn.calls[-1]["levels"]                                   # (64, FRAMES)
+
+    free, forced, half = levels(0.0), levels(1.0), levels(0.5)
+    assert (forced[:, :-1] <= 0.1).all()
+    torch.testing.assert_close(forced[:, -1], free[:, -1])
+    assert (free[:, -1] > 0.1).any() and int((free[:, :-1] <= 0.1).all(1).sum()) < 8   # 1 in 32 by chance
+    clean = (half[:, :-1] <= 0.1).all(1)
+    assert 16 < int(clean.sum()) < 48
+    torch.testing.assert_close(half[~clean], free[~clean])
+    with pytest.raises(ValueError, match=r"teacher_forcing must be a probability in \[0, 1\], got 2"):
+        dynamics_loss_fn(WindowSampler([episode], FRAMES, seed=0), 2, torch.device("cpu"), tokenizer,
+                         moving_weight=0.0, teacher_forcing=2)

@@ -485,7 +485,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                      noise_shift: float = 1.0, action_source=None, generator: torch.Generator | None = None,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
                      stale_pixels: float = 0.0, focal_gamma: float = 0.0, hard_pixel_weight: float = 0.0,
-                     rollout_frames: int = 0, event_diversity: float = 0.0, clock_dropout: float = 0.0):
+                     rollout_frames: int = 0, event_diversity: float = 0.0, clock_dropout: float = 0.0,
+                     teacher_forcing: float = 0.0):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -556,6 +557,14 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             the dream does not draw whole; the clock then runs on while the frames show what
             follows a point, a state the real clock never pairs with them. With dropout the model
             has seen such windows and what came next (the serve). 0 = off.
+        teacher_forcing: probability that a window is noised the way the dream samples: every
+            frame but the last at a context level (``U(0, 0.1)``, as the Simulator's clean or
+            lightly noised cache) and the last at a level drawn as usual (teacher forcing, the
+            baseline Diffusion Forcing generalises, Chen et al. 2024). Diffusion forcing's
+            independent levels put all 7 frames before the last at context levels in 1 window of
+            128 (each with probability 1/2), so what the dream does with a clean context, such as
+            reading the reward clock while the context shows nothing but the wait for a serve,
+            gets that share of the training; 0 = off.
 
     The loss of a model with event codes also trains the prior on the posterior's distribution
     (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and
@@ -574,6 +583,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         raise ValueError(f"event_diversity must be >= 0, got {event_diversity!r}")
     if not 0.0 <= clock_dropout <= 1.0:
         raise ValueError(f"clock_dropout must be a probability in [0, 1], got {clock_dropout!r}")
+    if not 0.0 <= teacher_forcing <= 1.0:
+        raise ValueError(f"teacher_forcing must be a probability in [0, 1], got {teacher_forcing!r}")
 
     def stale(x: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
@@ -625,6 +636,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             inputs = free_running_rollout(dyn, tokenizer, inputs, actions, since, frames, generator=generator,
                                           events=codes)
         levels = sample_noise_levels(b, t, shift=noise_shift, generator=generator, device=device)
+        if teacher_forcing:
+            forced = torch.rand((b, 1), generator=generator, device=device) < teacher_forcing
+            context = sample_noise_levels(b, t, context_prob=1.0, generator=generator, device=device)
+            levels = torch.where(forced & (torch.arange(t, device=device) < t - 1), context, levels)
         eps = torch.randn(x0.shape, generator=generator, device=device)
         palette = dyn.cfg.palette_size
         previous = _previous_frames(inputs)

@@ -86,6 +86,9 @@ class PipelineConfig:
         clock_dropout: for a dynamics model with a reward clock, probability that a training
             window's clock reads "none seen" throughout (0 = off; see
             :func:`training.loops.dynamics_loss_fn`).
+        teacher_forcing: probability that a dynamics training window is noised as the dream
+            samples, every frame but the last at a context level (0 = off; see
+            :func:`training.loops.dynamics_loss_fn`).
         conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
             actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
             set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
@@ -126,6 +129,7 @@ class PipelineConfig:
     event_diversity: float = 0.0
     rollout_frames: int = 0
     clock_dropout: float = 0.0
+    teacher_forcing: float = 0.0
     conditioning: str = "actions"
     labelled_steps: int = 200
     start_windows: int = 32
@@ -157,7 +161,7 @@ def build_config(values: dict) -> PipelineConfig:
     bad = set(cfg.stages) - set(STAGES)
     if bad:
         raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {STAGES}")
-    for name in ("scheduled_sampling", "stale_pixels", "clock_dropout"):
+    for name in ("scheduled_sampling", "stale_pixels", "clock_dropout", "teacher_forcing"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
     for name in ("focal_gamma", "hard_pixel_weight", "event_diversity"):
@@ -380,6 +384,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  event_diversity=cfg.event_diversity,
                                                  rollout_frames=cfg.rollout_frames,
                                                  clock_dropout=cfg.clock_dropout,
+                                                 teacher_forcing=cfg.teacher_forcing,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:
