@@ -27,6 +27,14 @@ game's path after it or tens of pixels away. This script says why, in two parts.
    up to the one before the serve, then 6 steps with the recorded actions; whether the dream
    serves on the game's frame, and in the game's direction.
 
+3. With ``--checkpoint``, the wait between a point and its serve, the computer's paddle hidden:
+   each frame of each held-out run of frames with that paddle hidden (the first excepted)
+   predicted one step from the game's own frames before it (the model's context and its reward
+   clock as in the evaluation), and the share of those frames on which the dream shows the
+   paddle, by the frame's place in the run. Part 1 adds, on the dataset, how often the game
+   shows it again after ``context_frames - 1`` frames without a ball or that paddle, by the
+   reward clock: what a model can only learn from the clock, its context showing nothing else.
+
     python scripts/pong_serves.py data/pong
     python scripts/pong_serves.py training/heldout/pong --checkpoint pong --seed 0
 """
@@ -39,10 +47,12 @@ import collections
 import numpy as np
 
 from envs.readout import ball_xy, paddle_y
-from recorders.dataset import EpisodeDataset
+from recorders.dataset import EpisodeDataset, frames_since_reward
 
 ABSENT = 6          # frames without a ball before a reappearance that counts as a serve
 DIRECTION_FRAMES = 3
+CONTEXT = 8         # the shipped models' context_frames (part 1 has no model to ask)
+CLOCK = 32          # and their reward_clock: part 1's clocks are capped there ("32": none seen for 32 frames)
 
 
 def serve_frames(ball: np.ndarray) -> list[int]:
@@ -67,6 +77,12 @@ def exit_direction(ball: np.ndarray, t: int) -> int:
     return 0 if len(seen) < 2 else int(np.sign(ball[seen[-1], 1] - ball[seen[-2], 1]))
 
 
+def hidden_runs(hidden: np.ndarray) -> list[tuple[int, int]]:
+    """``(first frame, length)`` of each run of ``True`` in a ``(T,)`` bool track."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], hidden.astype(np.int8), [0]])))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 def serve_timing(dt: int) -> str:
     """Words for the dream's first serve ``dt`` frames after the game's (negative: before)."""
     if dt == 0:
@@ -87,8 +103,10 @@ def lookup_accuracy(keys: list, labels: np.ndarray) -> float:
 def serve_predictability(dataset: EpisodeDataset) -> dict:
     """Part 1 of the module docstring, over every episode of ``dataset``."""
     rows = []
+    waits, shown_again = collections.Counter(), collections.Counter()
+    blind = CONTEXT - 1     # the frames a model's context holds before the frame it makes
     for i in range(len(dataset)):
-        frames = dataset[i].frames
+        frames, rewards = dataset[i].frames, dataset[i].rewards
         ball = ball_xy(frames)
         computer, player = paddle_y(frames, player=False), paddle_y(frames, player=True)
         seen = np.flatnonzero(~np.isnan(ball[:, 0]))
@@ -100,6 +118,12 @@ def serve_predictability(dataset: EpisodeDataset) -> dict:
             rows.append(dict(dy=dy, exit=exit_direction(ball, t), gap=t - before[-1] - 1,
                              computer=-1 if np.isnan(computer[t - 1]) else int(computer[t - 1] // 2),
                              player=-1 if np.isnan(player[t - 1]) else int(player[t - 1] // 2)))
+        nothing = np.isnan(computer) & np.isnan(ball[:, 0])
+        clock = np.minimum(frames_since_reward(rewards), CLOCK)
+        for t in range(blind, len(frames)):
+            if nothing[t - blind:t].all():
+                waits[int(clock[t - 1])] += 1
+                shown_again[int(clock[t - 1])] += not np.isnan(computer[t])
     if not rows:
         raise ValueError(f"no serves found in {dataset.root}")
     dy = np.array([r["dy"] for r in rows])
@@ -115,6 +139,8 @@ def serve_predictability(dataset: EpisodeDataset) -> dict:
         "share_gap_over_8_frames": float((gaps > 8).mean()),
         "computer_paddle_hidden_serves_up_down": (int((dy[hidden] < 0).sum()), int((dy[hidden] > 0).sum())),
         "computer_paddle_shown_serves_up_down": (int((dy[~hidden] < 0).sum()), int((dy[~hidden] > 0).sum())),
+        f"computer_paddle_shown_again_after_{blind}_frames_without_it_or_a_ball_by_clock":
+            {c: f"{shown_again[c]}/{waits[c]}" for c in sorted(waits)},
     }
 
 
@@ -169,6 +195,27 @@ def serves_from_the_game(model, episodes: list, *, seed: int, horizon: int = 6, 
     return {"serves": len(starts), "dream_serves_on_time": on_time, "of_which_in_the_games_direction": int(same)}
 
 
+def hidden_paddle_one_step(model, episodes: list, *, seed: int) -> dict:
+    """Part 3 of the module docstring: ``{place in the run: "shown/frames"}``, and all places together."""
+    from training.evaluate import teacher_forced_rollout
+
+    ctx = model.dynamics_config.context_frames
+    starts, places = [], []
+    for e in episodes:
+        for first, length in hidden_runs(np.isnan(paddle_y(e.frames, player=False))):
+            for k in range(1, length):
+                if first + k >= ctx:
+                    starts.append((e, first + k - ctx))
+                    places.append(k)
+    if not starts:
+        raise ValueError("the computer's paddle is never hidden for two frames in the held-out episodes")
+    _, dream = teacher_forced_rollout(model, episodes, horizon=1, windows=len(starts), seed=seed, starts=starts)
+    shown = ~np.isnan(paddle_y(dream[:, 0], player=False))
+    places = np.array(places)
+    by_place = {int(k): f"{int(shown[places == k].sum())}/{int((places == k).sum())}" for k in np.unique(places)}
+    return {"frames": len(starts), "shown": int(shown.sum()), "by_place_in_the_run": by_place}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="a Pong dataset directory, for part 1")
@@ -201,6 +248,9 @@ def main() -> None:
             print(f"{count:4d}  {name}")
         serves = serves_from_the_game(model, episodes, seed=args.seed, max_serves=args.max_serves)
         print(", ".join(f"{k} {v}" for k, v in serves.items()))
+        hidden = hidden_paddle_one_step(model, episodes, seed=args.seed)
+        print(f"computer's paddle hidden in the game, one step from its frames: shown by the dream on "
+              f"{hidden['shown']} of {hidden['frames']} frames; by place in the run: {hidden['by_place_in_the_run']}")
 
 
 if __name__ == "__main__":

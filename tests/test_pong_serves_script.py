@@ -49,6 +49,12 @@ def test_runs_on_the_shipped_heldout_set_with_a_checkpoint():
     assert classed == int(m[1])
     m = re.search(r"^serves 4, dream_serves_on_time (\d+), of_which_in_the_games_direction (\d+)$", out.stdout, re.M)
     assert m and int(m[2]) <= int(m[1]) <= 4, out.stdout
+    m = re.search(r"shown by the dream on (\d+) of (\d+) frames; by place in the run: (\{.*\})$", out.stdout, re.M)
+    places = eval(m[3])                                      # {place: "shown/frames"}
+    assert int(m[1]) <= int(m[2]) == sum(int(v.split("/")[1]) for v in places.values()) and min(places) == 1
+    waits = eval(re.search(r"^computer_paddle_shown_again_after_7_frames_without_it_or_a_ball_by_clock: (\{.*\})$",
+                           out.stdout, re.M)[1])
+    assert waits and all(int(a) <= int(b) for a, b in (v.split("/") for v in waits.values()))
 
 
 def test_refuses_a_dataset_of_another_game():
@@ -61,3 +67,8 @@ def test_refuses_zero_windows():
     out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/pong", "--windows", "0"], capture_output=True,
                          text=True, cwd=SCRIPT.parents[1], timeout=120)
     assert out.returncode != 0 and "--windows must be >= 1, got 0" in out.stderr
+
+
+def test_hidden_runs_are_the_runs_of_true():
+    assert serves.hidden_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (4, 1), (6, 3)]
+    assert serves.hidden_runs(np.zeros(4, bool)) == []
