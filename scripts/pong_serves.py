@@ -2,7 +2,7 @@
 
 The ball's error at horizon 64 of the evaluation's teacher-forced rollouts is bimodal (README,
 Results): nearly every 64-step window holds a point and a serve, and the dream's ball is on the
-game's path after it or tens of pixels away. This script says why, in two parts.
+game's path after it or tens of pixels away. This script says why, in three parts.
 
 1. On a dataset's recorded play (no model): each serve (the ball seen again after at least
    6 frames without one) with its vertical direction (over its first 3 frames), and how well
