@@ -195,8 +195,9 @@ def serves_from_the_game(model, episodes: list, *, seed: int, horizon: int = 6, 
     return {"serves": len(starts), "dream_serves_on_time": on_time, "of_which_in_the_games_direction": int(same)}
 
 
-def hidden_paddle_one_step(model, episodes: list, *, seed: int) -> dict:
-    """Part 3 of the module docstring: ``{place in the run: "shown/frames"}``, and all places together."""
+def hidden_paddle_one_step(model, episodes: list, *, seed: int, max_frames: int | None = None) -> dict:
+    """Part 3 of the module docstring (the first ``max_frames`` hidden frames): ``{place in the run:
+    "shown/frames"}``, and all places together."""
     from training.evaluate import teacher_forced_rollout
 
     ctx = model.dynamics_config.context_frames
@@ -209,6 +210,7 @@ def hidden_paddle_one_step(model, episodes: list, *, seed: int) -> dict:
                     places.append(k)
     if not starts:
         raise ValueError("the computer's paddle is never hidden for two frames in the held-out episodes")
+    starts, places = starts[:max_frames], places[:max_frames]
     _, dream = teacher_forced_rollout(model, episodes, horizon=1, windows=len(starts), seed=seed, starts=starts)
     shown = ~np.isnan(paddle_y(dream[:, 0], player=False))
     places = np.array(places)
@@ -224,8 +226,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=128, help="teacher-forced windows (default 128, as the evaluation)")
     ap.add_argument("--seed", type=int, default=0, help="window and noise seed (default 0, as the evaluation)")
     ap.add_argument("--max-serves", type=int, help="serves predicted from the game's frames (default: all)")
+    ap.add_argument("--max-hidden", type=int, help="hidden-paddle frames predicted in part 3 (default: all)")
     args = ap.parse_args()
-    for name in ("windows", "max_serves"):
+    for name in ("windows", "max_serves", "max_hidden"):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -248,7 +251,7 @@ def main() -> None:
             print(f"{count:4d}  {name}")
         serves = serves_from_the_game(model, episodes, seed=args.seed, max_serves=args.max_serves)
         print(", ".join(f"{k} {v}" for k, v in serves.items()))
-        hidden = hidden_paddle_one_step(model, episodes, seed=args.seed)
+        hidden = hidden_paddle_one_step(model, episodes, seed=args.seed, max_frames=args.max_hidden)
         print(f"computer's paddle hidden in the game, one step from its frames: shown by the dream on "
               f"{hidden['shown']} of {hidden['frames']} frames; by place in the run: {hidden['by_place_in_the_run']}")
 

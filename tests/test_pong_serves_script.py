@@ -37,7 +37,7 @@ def test_lookup_accuracy_takes_each_keys_majority():
 
 def test_runs_on_the_shipped_heldout_set_with_a_checkpoint():
     out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/pong", "--checkpoint", "pong", "--windows", "3",
-                          "--max-serves", "4"],
+                          "--max-serves", "4", "--max-hidden", "20"],
                          capture_output=True, text=True, cwd=SCRIPT.parents[1], timeout=300)
     assert out.returncode == 0, out.stderr
     n = int(re.search(r"^serves: (\d+)$", out.stdout, re.M)[1])
