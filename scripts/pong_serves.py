@@ -77,12 +77,6 @@ def exit_direction(ball: np.ndarray, t: int) -> int:
     return 0 if len(seen) < 2 else int(np.sign(ball[seen[-1], 1] - ball[seen[-2], 1]))
 
 
-def hidden_runs(hidden: np.ndarray) -> list[tuple[int, int]]:
-    """``(first frame, length)`` of each run of ``True`` in a ``(T,)`` bool track."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], hidden.astype(np.int8), [0]])))
-    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
-
-
 def serve_timing(dt: int) -> str:
     """Words for the dream's first serve ``dt`` frames after the game's (negative: before)."""
     if dt == 0:
@@ -198,12 +192,12 @@ def serves_from_the_game(model, episodes: list, *, seed: int, horizon: int = 6, 
 def hidden_paddle_one_step(model, episodes: list, *, seed: int, max_frames: int | None = None) -> dict:
     """Part 3 of the module docstring (the first ``max_frames`` hidden frames): ``{place in the run:
     "shown/frames"}``, and all places together."""
-    from training.evaluate import teacher_forced_rollout
+    from training.evaluate import teacher_forced_rollout, true_runs
 
     ctx = model.dynamics_config.context_frames
     starts, places = [], []
     for e in episodes:
-        for first, length in hidden_runs(np.isnan(paddle_y(e.frames, player=False))):
+        for first, length in true_runs(np.isnan(paddle_y(e.frames, player=False))):
             for k in range(1, length):
                 if first + k >= ctx:
                     starts.append((e, first + k - ctx))

@@ -70,5 +70,7 @@ def test_refuses_zero_windows():
 
 
 def test_hidden_runs_are_the_runs_of_true():
-    assert serves.hidden_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (4, 1), (6, 3)]
-    assert serves.hidden_runs(np.zeros(4, bool)) == []
+    from training.evaluate import true_runs
+
+    assert true_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (4, 1), (6, 3)]
+    assert true_runs(np.zeros(4, bool)) == []

@@ -710,13 +710,15 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     return summary, arrays
 
 
+def true_runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``(T,)`` bool -> ``(first index, length)`` of each run of consecutive True, in order."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(flags, bool).astype(np.int8), [0]])))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 def longest_run(flags: np.ndarray) -> int:
     """``(T,)`` bool -> the length of its longest run of consecutive True (0 if none)."""
-    flags = np.asarray(flags, bool)
-    if not flags.any():
-        return 0
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return int((np.nonzero(edges == -1)[0] - np.nonzero(edges == 1)[0]).max())
+    return max((length for _, length in true_runs(flags)), default=0)
 
 
 def free_play(model: ModelBundle, *, dreams: int = 1, seed: int = 0, max_repeat: int = 8,

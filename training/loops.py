@@ -562,9 +562,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             lightly noised cache) and the last at a level drawn as usual (teacher forcing, the
             baseline Diffusion Forcing generalises, Chen et al. 2024). Diffusion forcing's
             independent levels put all 7 frames before the last of an 8-frame window (the
-            shipped models') at context levels in 1 window of 128 (each with probability 1/2), so what the dream does with a clean context, such as
-            reading the reward clock while the context shows nothing but the wait for a serve,
-            gets that share of the training; 0 = off.
+            shipped models') at context levels in 1 window of 128 (each with probability 1/2),
+            so what the dream does with a clean context, such as reading the reward clock while
+            the context shows nothing but the wait for a serve, gets that share of the training;
+            0 = off.
 
     The loss of a model with event codes also trains the prior on the posterior's distribution
     (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and
