@@ -9,7 +9,7 @@ import torch
 from recorders.dataset import Episode, WindowSampler
 from training.loops import dynamics_loss_fn
 from worldmodel.config import DynamicsConfig, TokenizerConfig
-from worldmodel.tokenizer import build_tokenizer, frames_to_tensor, tensor_to_frames
+from worldmodel.tokenizer import build_tokenizer, frames_to_tensor, moving_mask, tensor_to_frames
 
 FRAMES, SIZE = 6, 16
 
@@ -287,3 +287,55 @@ def test_teacher_forcing_noises_every_frame_but_the_last_at_a_context_level(setu
     with pytest.raises(ValueError, match=r"teacher_forcing must be a probability in \[0, 1\], got 2"):
         dynamics_loss_fn(WindowSampler([episode], FRAMES, seed=0), 2, torch.device("cpu"), tokenizer,
                          moving_weight=0.0, teacher_forcing=2)
+
+
+def test_moving_mask_dilates_a_change_by_its_radius():
+    """One pixel changes: radius ``r`` marks the ``(2r + 1)``-pixel square around it (clipped at
+    the frame's edge), radius 0 the pixel alone; the window's first frame has no past."""
+    frames = torch.full((1, 2, 3, SIZE, SIZE), -1.0)
+    frames[0, 1, :, 8, 8] = 1.0
+    frames[0, 1, 0, 0, 15] = 1.0                         # a change in one channel, at a corner
+    for r in (0, 1, 4):
+        mask = moving_mask(frames, radius=r)
+        expected = torch.zeros(SIZE, SIZE)
+        expected[8 - r:9 + r, 8 - r:9 + r] = 1
+        expected[0:1 + r, 15 - r:16] = 1
+        torch.testing.assert_close(mask[0, 1], expected)
+        assert not mask[0, 0].any()
+    with pytest.raises(ValueError, match="radius must be >= 0, got -1"):
+        moving_mask(frames, radius=-1)
+
+
+def test_moving_radius_weights_the_dynamics_loss_around_changes(setup):
+    """The loss is the mean squared token error weighted by ``1 + moving_weight * mask``, the
+    mask dilated by ``moving_radius``: recomputed here from the same windows, for two radii."""
+    episode, tokenizer, answer, _ = setup
+    episode.frames[:] = 0
+    episode.frames[3:, 5, 5] = 255                      # one pixel changes, once
+    dyn = SpyDynamics(answer)
+
+    def losses(radius):
+        loss_fn = dynamics_loss_fn(WindowSampler([episode], FRAMES, seed=0), 4, torch.device("cpu"), tokenizer,
+                                   moving_weight=5.0, generator=torch.Generator().manual_seed(0),
+                                   moving_radius=radius)
+        x = frames_to_tensor(torch.as_tensor(WindowSampler([episode], FRAMES, seed=0).sample(4)["frames"]))
+        w = tokenizer.pixel_weights(1.0 + 5.0 * moving_mask(x, radius=radius))[:, 1:]
+        err = (answer - tokenizer.encode(x)[:, 1:]).pow(2) * w
+        return loss_fn(dyn)[0], err.sum() / w.sum()
+
+    (near, near_expected), (wide, wide_expected) = losses(1), losses(4)
+    torch.testing.assert_close(near, near_expected)
+    torch.testing.assert_close(wide, wide_expected)
+    assert not torch.isclose(near, wide)
+    with pytest.raises(ValueError, match="moving_radius must be >= 0, got -2"):
+        dynamics_loss_fn(WindowSampler([episode], FRAMES, seed=0), 2, torch.device("cpu"), tokenizer,
+                         moving_weight=0.0, moving_radius=-2)
+
+
+def test_moving_radius_is_checked_by_the_pipeline_config():
+    from training.pipeline import build_config
+
+    assert build_config({"game": "pong", "preset": "tiny"}).moving_radius == 1      # the tokenizer's and LAM's
+    assert build_config({"game": "pong", "preset": "tiny", "moving_radius": 4}).moving_radius == 4
+    with pytest.raises(ValueError, match="moving_radius must be >= 0, got -1"):
+        build_config({"game": "pong", "preset": "tiny", "moving_radius": -1})

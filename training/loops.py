@@ -486,7 +486,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
                      scheduled_sampling: float = 0.0, scheduled_sampling_passes: int = 1,
                      stale_pixels: float = 0.0, focal_gamma: float = 0.0, hard_pixel_weight: float = 0.0,
                      rollout_frames: int = 0, event_diversity: float = 0.0, clock_dropout: float = 0.0,
-                     teacher_forcing: float = 0.0):
+                     teacher_forcing: float = 0.0, moving_radius: int = 1):
     """Diffusion-forcing loss: per-frame noise levels, x0-prediction, weighted on moving pixels.
 
     The x0-prediction's loss is the mean squared error of the tokens, or for a model with a
@@ -566,6 +566,14 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             so what the dream does with a clean context, such as reading the reward clock while
             the context shows nothing but the wait for a serve, gets that share of the training;
             0 = off.
+        moving_radius: how many pixels around a changed pixel also get ``moving_weight``
+            (:func:`~worldmodel.tokenizer.moving_mask`). With 1, a moving object's next place
+            along its path, if the game does not take it there, is a pixel that keeps its colour
+            beyond the mask's reach, weighted as any still pixel: on Pong the computer's paddle
+            that rises after a point and jumps back down with the serve, which the patch above it
+            goes on drawing (docs/experiments.md, session 36). A radius of about one frame's
+            displacement (Pong's paddle: 2-3 pixels at 64 x 64) weights where an object could
+            have gone as much as where it went.
 
     The loss of a model with event codes also trains the prior on the posterior's distribution
     (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and
@@ -586,6 +594,8 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         raise ValueError(f"clock_dropout must be a probability in [0, 1], got {clock_dropout!r}")
     if not 0.0 <= teacher_forcing <= 1.0:
         raise ValueError(f"teacher_forcing must be a probability in [0, 1], got {teacher_forcing!r}")
+    if moving_radius < 0:
+        raise ValueError(f"moving_radius must be >= 0, got {moving_radius!r}")
 
     def stale(x: torch.Tensor) -> torch.Tensor:
         """Frames ``(B, T, 3, H, W)`` with pixels drawn from 1-3 frames earlier, each with probability ``stale_pixels``."""
@@ -616,7 +626,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         b, t = x.shape[:2]
         with torch.no_grad():
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
-            w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x))    # (B, T, N, D or 1)
+            w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x, radius=moving_radius))   # (B, T, N, D or 1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
         since = batch["since_reward"]
         if clock_dropout and dyn.cfg.reward_clock:

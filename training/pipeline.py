@@ -89,6 +89,9 @@ class PipelineConfig:
         teacher_forcing: probability that a dynamics training window is noised as the dream
             samples, every frame but the last at a context level (0 = off; see
             :func:`training.loops.dynamics_loss_fn`).
+        moving_radius: pixels around a changed pixel that also get the dynamics loss's
+            ``moving_weight`` (1: the tokenizer's and the LAM's; see
+            :func:`training.loops.dynamics_loss_fn`).
         conditioning: what the dynamics model is conditioned on: ``"actions"`` (the recorded
             actions) or ``"latent"`` (the LAM's codes of the frames, no action labels; Genie's
             set-up). A latent bundle also gets a key-to-code map fitted on ``labelled_steps``
@@ -130,6 +133,7 @@ class PipelineConfig:
     rollout_frames: int = 0
     clock_dropout: float = 0.0
     teacher_forcing: float = 0.0
+    moving_radius: int = 1
     conditioning: str = "actions"
     labelled_steps: int = 200
     start_windows: int = 32
@@ -164,7 +168,7 @@ def build_config(values: dict) -> PipelineConfig:
     for name in ("scheduled_sampling", "stale_pixels", "clock_dropout", "teacher_forcing"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(cfg, name)!r}")
-    for name in ("focal_gamma", "hard_pixel_weight", "event_diversity"):
+    for name in ("focal_gamma", "hard_pixel_weight", "event_diversity", "moving_radius"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     if cfg.scheduled_sampling_passes < 1:
@@ -385,6 +389,7 @@ def run(cfg: PipelineConfig, *, distributed: Distributed = Distributed()) -> dic
                                                  rollout_frames=cfg.rollout_frames,
                                                  clock_dropout=cfg.clock_dropout,
                                                  teacher_forcing=cfg.teacher_forcing,
+                                                 moving_radius=cfg.moving_radius,
                                                  action_source=latent_codes(lam) if latent else None),
                     b.dynamics, m.dynamics.context_frames, cfg.seed + 3, amp, generators={"noise": gen})
     if trained is None:

@@ -104,20 +104,27 @@ def build_tokenizer(cfg: TokenizerConfig) -> PatchTokenizer | ConvTokenizer:
     return PatchTokenizer(cfg) if cfg.kind == "patch" else ConvTokenizer(cfg)
 
 
-def moving_mask(frames: torch.Tensor, threshold: float = 0.02) -> torch.Tensor:
-    """Pixels that changed since the previous frame.
+def moving_mask(frames: torch.Tensor, threshold: float = 0.02, radius: int = 1) -> torch.Tensor:
+    """Pixels that changed since the previous frame, and their surroundings.
 
     Args:
         frames: ``(B, T, 3, H, W)`` in [-1, 1].
         threshold: smallest change (on the [-1, 1] scale) that counts as moving.
+        radius: the mask is dilated by this many pixels (a ``2 radius + 1`` square), so that
+            a moving object's surroundings count too: where it could have gone and did not.
 
     Returns:
         ``(B, T, H, W)`` float mask in {0, 1}; the first frame of each window is all 0.
-        The mask is dilated by one pixel so that a moving object's surroundings count too.
+
+    Raises:
+        ValueError: ``radius`` negative.
     """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius!r}")
     diff = (frames[:, 1:] - frames[:, :-1]).abs().amax(dim=2)
     moving = (diff > threshold).float()
     b = moving.shape[0]
-    moving = F.max_pool2d(rearrange(moving, "b t h w -> (b t) 1 h w"), 3, stride=1, padding=1)
-    moving = rearrange(moving, "(b t) 1 h w -> b t h w", b=b)
+    if radius:
+        moving = F.max_pool2d(rearrange(moving, "b t h w -> (b t) 1 h w"), 2 * radius + 1, stride=1, padding=radius)
+        moving = rearrange(moving, "(b t) 1 h w -> b t h w", b=b)
     return torch.cat([torch.zeros_like(moving[:, :1]), moving], dim=1)
