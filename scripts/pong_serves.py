@@ -25,7 +25,8 @@ game's path after it or tens of pixels away. This script says why, in three part
    paddle was hidden or shown on the frame before each serve. And each of the
    held-out set's serves predicted from the game's own frames: primed with the 8 real frames
    up to the one before the serve, then 6 steps with the recorded actions; whether the dream
-   serves on the game's frame, and in the game's direction.
+   serves on the game's frame, and in the game's direction, and on how many serve frames the
+   dream misdraws the computer's paddle (which the game moves back to its serve position then).
 
 3. With ``--checkpoint``, the wait between a point and its serve, the computer's paddle hidden:
    each frame of each held-out run of frames with that paddle hidden (the first excepted)
@@ -171,7 +172,7 @@ def horizon_64_misses(model, episodes: list, *, windows: int, seed: int) -> dict
 def serves_from_the_game(model, episodes: list, *, seed: int, horizon: int = 6, max_serves: int | None = None) -> dict:
     """Part 2's last paragraph: the model's serve from the game's frames, at each held-out serve
     (the first ``max_serves`` of them)."""
-    from training.evaluate import teacher_forced_rollout
+    from training.evaluate import screen_checks, teacher_forced_rollout
 
     ctx = model.dynamics_config.context_frames
     starts = [(e, t - ctx) for e in episodes for t in serve_frames(ball_xy(e.frames))
@@ -186,7 +187,10 @@ def serves_from_the_game(model, episodes: list, *, seed: int, horizon: int = 6, 
             continue
         on_time += 1
         same += direction(ball_dream[w], 0) == direction(ball_real[w], 0)
-    return {"serves": len(starts), "dream_serves_on_time": on_time, "of_which_in_the_games_direction": int(same)}
+    misdrawn = (screen_checks(dream[:, 0], "pong")["no_opponent_paddle_shape"]
+                & ~screen_checks(real[:, 1], "pong")["no_opponent_paddle_shape"])
+    return {"serves": len(starts), "dream_serves_on_time": on_time, "of_which_in_the_games_direction": int(same),
+            "computer_paddle_misdrawn_on_the_serve_frame": int(misdrawn.sum())}
 
 
 def hidden_paddle_one_step(model, episodes: list, *, seed: int, max_frames: int | None = None) -> dict:

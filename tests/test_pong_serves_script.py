@@ -47,8 +47,9 @@ def test_runs_on_the_shipped_heldout_set_with_a_checkpoint():
     assert m and int(m[2]) <= int(m[1]) <= 3
     classed = sum(int(c) for c in re.findall(r"^ +(\d+)  ", out.stdout, re.M))
     assert classed == int(m[1])
-    m = re.search(r"^serves 4, dream_serves_on_time (\d+), of_which_in_the_games_direction (\d+)$", out.stdout, re.M)
-    assert m and int(m[2]) <= int(m[1]) <= 4, out.stdout
+    m = re.search(r"^serves 4, dream_serves_on_time (\d+), of_which_in_the_games_direction (\d+), "
+                  r"computer_paddle_misdrawn_on_the_serve_frame (\d+)$", out.stdout, re.M)
+    assert m and int(m[2]) <= int(m[1]) <= 4 and int(m[3]) <= 4, out.stdout
     m = re.search(r"shown by the dream on (\d+) of (\d+) frames; by place in the run: (\{.*\})$", out.stdout, re.M)
     places = eval(m[3])                                      # {place: "shown/frames"}
     assert int(m[1]) <= int(m[2]) == sum(int(v.split("/")[1]) for v in places.values()) and min(places) == 1

@@ -571,9 +571,10 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
             along its path, if the game does not take it there, is a pixel that keeps its colour
             beyond the mask's reach, weighted as any still pixel: on Pong the computer's paddle
             that rises after a point and jumps back down with the serve, which the patch above it
-            goes on drawing (docs/experiments.md, session 36). A radius of about one frame's
-            displacement (Pong's paddle: 2-3 pixels at 64 x 64) weights where an object could
-            have gone as much as where it went.
+            goes on drawing (docs/experiments.md, session 36). A radius a little over one
+            frame's displacement weights where an object could have gone as much as where it
+            went: Pong's paddle moves 2-3 pixels a frame at 64 x 64, and 4 covers all the pixels
+            of that rise at the held-out serves (3: 70%).
 
     The loss of a model with event codes also trains the prior on the posterior's distribution
     (:data:`EVENT_PRIOR_WEIGHT`); the logs then carry ``frame_loss``, ``event_kl`` and
@@ -626,7 +627,7 @@ def dynamics_loss_fn(sampler: WindowSampler, batch_size: int, device, tokenizer,
         b, t = x.shape[:2]
         with torch.no_grad():
             x0 = tokenizer.encode(x).float()                                     # (B, T, N, D)
-            w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x, radius=moving_radius))   # (B, T, N, D or 1)
+            w = tokenizer.pixel_weights(1.0 + moving_weight * moving_mask(x, radius=moving_radius))  # (B, T, N, D|1)
         actions = batch["actions"] if action_source is None else action_source(x, batch["actions"])
         since = batch["since_reward"]
         if clock_dropout and dyn.cfg.reward_clock:
