@@ -26,6 +26,7 @@ from training.evaluate import (
     rollout_curves,
     saturated_limit_of,
     screen_checks,
+    true_runs,
 )
 from worldmodel.reward_model import game_over_targets
 
@@ -197,6 +198,11 @@ def test_long_run_keeps_the_frames_that_led_to_each_breakdown(tiny_bundle, pong_
 def test_longest_run():
     assert longest_run(np.array([0, 1, 1, 0, 1, 1, 1, 0], bool)) == 3
     assert longest_run(np.ones(4, bool)) == 4 and longest_run(np.zeros(4, bool)) == 0
+
+
+def test_true_runs_are_the_runs_of_true():
+    assert true_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (4, 1), (6, 3)]
+    assert true_runs(np.zeros(4, bool)) == []
 
 
 def test_a_part_real_play_hides_is_broken_once_the_dream_hides_it_for_longer_than_real_play_does(

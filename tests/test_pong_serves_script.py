@@ -68,10 +68,3 @@ def test_refuses_zero_windows():
     out = subprocess.run([sys.executable, str(SCRIPT), "training/heldout/pong", "--windows", "0"], capture_output=True,
                          text=True, cwd=SCRIPT.parents[1], timeout=120)
     assert out.returncode != 0 and "--windows must be >= 1, got 0" in out.stderr
-
-
-def test_hidden_runs_are_the_runs_of_true():
-    from training.evaluate import true_runs
-
-    assert true_runs(np.array([1, 1, 0, 0, 1, 0, 1, 1, 1], bool)) == [(0, 2), (4, 1), (6, 3)]
-    assert true_runs(np.zeros(4, bool)) == []
