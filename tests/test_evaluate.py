@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from training.evaluate import (
     MISSING_PX,
+    PARTS,
     EvalConfig,
     broken_frames,
     checks_real_play_fails,
@@ -289,6 +291,26 @@ def test_evaluate_command_writes_report_plots_and_video(tiny_bundle, pong_datase
         assert (out / name).stat().st_size > 0
     assert all(0 <= b["step"] < 4 and b["failed"] for b in on_disk["long_run"]["breakdowns"])
     assert (out / "breakdowns.png").exists() == bool(on_disk["long_run"]["breakdowns"])
+    per_dream = on_disk["long_run"]["broken_beyond_real_per_dream"]
+    assert len(per_dream) == cfg.long_run_dreams and all(0 <= n <= 4 for n in per_dream)
+    assert sum(per_dream) == round(dream["broken_beyond_real"] * 4 * cfg.long_run_dreams)
+
+
+def test_evaluate_runs_only_the_parts_asked_for(tiny_bundle, pong_dataset, tmp_path):
+    """``parts=[long_run]`` (free play on other dreams, without the rest): the report holds
+    the long run and nothing the other parts write, and no drift plot, curves or video."""
+    tiny_bundle.save(tmp_path / "bundle")
+    out = tmp_path / "eval"
+    cfg = EvalConfig(checkpoint=str(tmp_path / "bundle"), heldout=str(pong_dataset), out=str(out), long_run_steps=3,
+                     long_run_dreams=2, seed=1, parts=["long_run"], progress=False)
+    report = evaluate(cfg)
+    measured = {"tokenizer", "teacher_forced", "one_step", "controllability", "paddle_control", "latent_actions",
+                "reward_model", "long_run"}
+    assert measured & set(report) == {"long_run"}
+    assert report["long_run"]["dreams"] == 2 and len(report["long_run"]["broken_beyond_real_per_dream"]) == 2
+    assert set(report["files"]) <= {"long_run_plot", "breakdowns"} and (out / "long_run.png").exists()
+    for name in ("drift.png", "curves.npz", "real_vs_dream.gif"):
+        assert not (out / name).exists()
 
 
 def test_the_shipped_games_are_evaluated_on_the_shipped_held_out_sets(tmp_path, monkeypatch):
@@ -313,6 +335,14 @@ def test_eval_config_rejects_bad_values():
         EvalConfig(backend="tensorrt")
     with pytest.raises(ValueError, match="horizons"):
         EvalConfig(horizons=(0, 4))
+    with pytest.raises(ValueError, match="'long_runs'"):
+        EvalConfig(parts=["long_runs"])
+    with pytest.raises(ValueError, match="parts"):
+        EvalConfig(parts=[])
+    import yaml
+
+    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "training/conf/evaluate.yaml").read_text())
+    assert tuple(conf["parts"]) == PARTS == EvalConfig().parts       # the command's default: every part
 
 
 def test_latent_action_quality_scores_codes_against_effective_actions(pong_dataset, monkeypatch):

@@ -4,6 +4,7 @@ Run it with Hydra (see ``training/conf/evaluate.yaml``)::
 
     python -m training.evaluate checkpoint=pong                      # the shipped Pong model
     python -m training.evaluate checkpoint=runs/pong-cpu/bundle long_run_steps=1000
+    python -m training.evaluate checkpoint=runs/X/bundle 'parts=[long_run]' long_run_steps=1500 long_run_dreams=8 seed=1
 
 It writes ``report.json``, ``drift.png``, ``long_run.png``, ``real_vs_dream.gif`` and, when
 free play broke a frame beyond real play, ``breakdowns.png`` (the first breakdowns, each
@@ -623,7 +624,9 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
         ever does in a held-out episode: Pong may hide the opponent's paddle after a point, not
         for the rest of the game), ``fails_<check>`` per check and, for a game with a read-out,
         ``ball_visible``. The summary's ``longest_run`` gives, per check real play fails, the
-        longest run of failing frames in the dream and in the held-out episodes.
+        longest run of failing frames in the dream and in the held-out episodes, and
+        ``broken_beyond_real_per_dream`` the frames broken beyond real play in each dream (one
+        dream can decide the mean: a dream that freezes into a broken screen breaks hundreds).
 
     Args:
         examples: if given, a list that receives up to ``max_examples`` breakdowns of the
@@ -670,6 +673,7 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
     sim, policy = free_play(model, dreams=dreams, seed=seed, max_repeat=max_repeat, sim_options=sim_options)
     series: dict[str, list] = {}
     rewards, ends = 0, []
+    beyond_per_dream = np.zeros(dreams, np.int64)
     recent: deque = deque(maxlen=lead)                     # the first dream's last frames
     was_broken = False
     for t in tqdm(range(steps), desc="long run", unit="step", disable=not progress, mininterval=2):
@@ -682,6 +686,7 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
             longest_dream[k] = max(longest_dream[k], int(run_length[k].max()))
         overlong = {k: run_length[k] > longest_real[k] for k in hidden_in_real}     # (dreams,) each
         m = measures(frames, checks, failed_any(overlong) if overlong else False)
+        beyond_per_dream += m["broken_beyond_real"].astype(np.int64)
         for k, v in m.items():
             series.setdefault(k, []).append(float(v.mean()))
         if examples is not None and len(examples) < max_examples:
@@ -701,6 +706,7 @@ def long_run(model: ModelBundle, episodes: list[Episode], *, steps: int = 10_000
                "dream_last_tenth": {k: float(v[-tail:].mean()) for k, v in arrays.items()},
                "real_mean": real_m,
                "dream_broken_frames": int(round(arrays["broken"].sum() * dreams)),
+               "broken_beyond_real_per_dream": beyond_per_dream.tolist(),
                "checks_real_play_fails": hidden_in_real,
                "longest_run": {k: {"dream": longest_dream[k], "real": longest_real[k]} for k in hidden_in_real},
                "rates": {"dream_rewards_per_1000": per_k(rewards, steps * dreams),
@@ -775,6 +781,11 @@ def _finite(x) -> float | None:
 
 
 # -- the command ------------------------------------------------------------------------------
+PARTS = ("tokenizer", "teacher_forced", "one_step", "controllability", "latent_actions", "reward_model",
+         "long_run", "video")
+"""The evaluation's measurements, in the order it runs them (:attr:`EvalConfig.parts`)."""
+
+
 @dataclass
 class EvalConfig:
     """What ``python -m training.evaluate`` measures (the Hydra config maps onto it).
@@ -811,6 +822,10 @@ class EvalConfig:
             size; onnx and torch frames differ by rounding, which free play amplifies).
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds window choice, sampling noise and the random actions.
+        parts: the measurements to run, a subset of :data:`PARTS` (all by default); e.g.
+            ``parts=[long_run] long_run_steps=1500 long_run_dreams=8 seed=1`` checks a
+            candidate's free play alone on dreams the full evaluation does not play, in minutes.
+            ``controllability`` includes paddle control; ``teacher_forced`` writes the drift plot.
         progress: progress bars.
     """
 
@@ -831,6 +846,7 @@ class EvalConfig:
     backend: str = "torch"
     device: str = "auto"
     seed: int = 0
+    parts: tuple[str, ...] = PARTS
     progress: bool = True
 
     def __post_init__(self):
@@ -839,6 +855,10 @@ class EvalConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; available: {BACKENDS}")
         self.horizons, self.control_horizons = tuple(self.horizons), tuple(self.control_horizons)
+        self.parts = tuple(self.parts)
+        unknown = [p for p in self.parts if p not in PARTS]
+        if unknown or not self.parts:
+            raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {list(self.parts)!r}")
         for name in ("windows", "record_episodes", "long_run_dreams", "video_windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -931,27 +951,33 @@ def evaluate(cfg: EvalConfig) -> dict:
     def stage(name: str) -> None:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", flush=True)
 
-    stage("tokenizer reconstruction")
-    report["tokenizer"] = tokenizer_reconstruction(model.tokenizer, episodes, seed=cfg.seed, game=model.game)
-    stage("teacher-forced rollouts")
+    parts = set(cfg.parts)
     curves: dict = {}
-    report["teacher_forced"] = teacher_forced(model, episodes, horizons=cfg.horizons, windows=cfg.windows,
-                                              seed=cfg.seed, sim_options=sim_options, with_ssim=True,
-                                              curves=curves)
-    stage("one step ahead on every held-out frame")
-    report["one_step"] = one_step_structure(model, episodes, seed=cfg.seed, sim_options=sim_options)
-    stage("controllability")
-    report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons, windows=cfg.windows,
-                                                seed=cfg.seed, sim_options=sim_options)
-    if _readout(model.game) is not None:
-        report["paddle_control"] = paddle_control(model, seed=cfg.seed, sim_options=sim_options)
-    if model.lam is not None:
+    if "tokenizer" in parts:
+        stage("tokenizer reconstruction")
+        report["tokenizer"] = tokenizer_reconstruction(model.tokenizer, episodes, seed=cfg.seed, game=model.game)
+    if "teacher_forced" in parts:
+        stage("teacher-forced rollouts")
+        report["teacher_forced"] = teacher_forced(model, episodes, horizons=cfg.horizons, windows=cfg.windows,
+                                                  seed=cfg.seed, sim_options=sim_options, with_ssim=True,
+                                                  curves=curves)
+    if "one_step" in parts:
+        stage("one step ahead on every held-out frame")
+        report["one_step"] = one_step_structure(model, episodes, seed=cfg.seed, sim_options=sim_options)
+    if "controllability" in parts:
+        stage("controllability")
+        report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons,
+                                                    windows=cfg.windows, seed=cfg.seed, sim_options=sim_options)
+        if _readout(model.game) is not None:
+            report["paddle_control"] = paddle_control(model, seed=cfg.seed, sim_options=sim_options)
+    if model.lam is not None and "latent_actions" in parts:
         stage("latent actions")
         report["latent_actions"] = latent_action_quality(model, episodes, seed=cfg.seed)
-    stage("reward and end model")
-    report["reward_model"] = reward_model_quality(model, episodes)
+    if "reward_model" in parts:
+        stage("reward and end model")
+        report["reward_model"] = reward_model_quality(model, episodes)
     series, breakdowns = None, []
-    if cfg.long_run_steps:
+    if cfg.long_run_steps and "long_run" in parts:
         stage(f"long run ({cfg.long_run_steps} steps)")
         report["long_run"], series = long_run(model, episodes, steps=cfg.long_run_steps, dreams=cfg.long_run_dreams,
                                               seed=cfg.seed, progress=cfg.progress, sim_options=sim_options,
@@ -960,18 +986,22 @@ def evaluate(cfg: EvalConfig) -> dict:
     stage("plots and video")
     from training.plots import plot_breakdowns, plot_drift, plot_long_run
 
-    report["files"] = {"drift_plot": str(plot_drift(curves, out / "drift.png", title=f"{model.game}: {cfg.checkpoint}"))}
+    report["files"] = {}
+    if curves:
+        report["files"]["drift_plot"] = str(plot_drift(curves, out / "drift.png",
+                                                       title=f"{model.game}: {cfg.checkpoint}"))
     if series is not None:
         report["files"]["long_run_plot"] = str(plot_long_run(series, report["long_run"]["real_mean"],
                                                              out / "long_run.png"))
     if breakdowns:
         report["files"]["breakdowns"] = str(plot_breakdowns(breakdowns, out / "breakdowns.png"))
     horizon = min(32, min(len(e.frames) for e in episodes) - model.dynamics_config.context_frames)
-    if horizon >= 1:
+    if horizon >= 1 and "video" in parts:
         report["files"]["video"] = str(write_video(model, episodes, out / "real_vs_dream.gif", horizon=horizon,
                                                    windows=cfg.video_windows, seed=cfg.seed,
                                                    sim_options=sim_options))
-    np.savez(out / "curves.npz", **curves)
+    if curves:
+        np.savez(out / "curves.npz", **curves)
     report["wall_seconds"] = time.time() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     shown = ("teacher_forced", "one_step", "controllability", "paddle_control", "reward_model", "long_run")
