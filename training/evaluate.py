@@ -858,7 +858,8 @@ class EvalConfig:
         self.parts = tuple(self.parts)
         unknown = [p for p in self.parts if p not in PARTS]
         if unknown or not self.parts:
-            raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {list(self.parts)!r}")
+            raise ValueError(f"unknown parts {unknown!r}; available: {PARTS}" if unknown
+                             else f"parts must name at least one of {PARTS}")
         for name in ("windows", "record_episodes", "long_run_dreams", "video_windows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -921,7 +922,7 @@ def ensure_heldout(cfg: EvalConfig, game: str) -> list[Episode]:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run every measurement of the module docstring and write the report files.
+    """Run the measurements of the module docstring that ``cfg.parts`` names and write the report files.
 
     Returns:
         The report (also written to ``<out>/report.json``).
