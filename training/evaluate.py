@@ -952,33 +952,32 @@ def evaluate(cfg: EvalConfig) -> dict:
     def stage(name: str) -> None:
         print(f"[{time.time() - t0:6.0f} s] {name} ...", flush=True)
 
-    parts = set(cfg.parts)
     curves: dict = {}
-    if "tokenizer" in parts:
+    if "tokenizer" in cfg.parts:
         stage("tokenizer reconstruction")
         report["tokenizer"] = tokenizer_reconstruction(model.tokenizer, episodes, seed=cfg.seed, game=model.game)
-    if "teacher_forced" in parts:
+    if "teacher_forced" in cfg.parts:
         stage("teacher-forced rollouts")
         report["teacher_forced"] = teacher_forced(model, episodes, horizons=cfg.horizons, windows=cfg.windows,
                                                   seed=cfg.seed, sim_options=sim_options, with_ssim=True,
                                                   curves=curves)
-    if "one_step" in parts:
+    if "one_step" in cfg.parts:
         stage("one step ahead on every held-out frame")
         report["one_step"] = one_step_structure(model, episodes, seed=cfg.seed, sim_options=sim_options)
-    if "controllability" in parts:
+    if "controllability" in cfg.parts:
         stage("controllability")
         report["controllability"] = controllability(model, episodes, horizons=cfg.control_horizons,
                                                     windows=cfg.windows, seed=cfg.seed, sim_options=sim_options)
         if _readout(model.game) is not None:
             report["paddle_control"] = paddle_control(model, seed=cfg.seed, sim_options=sim_options)
-    if model.lam is not None and "latent_actions" in parts:
+    if model.lam is not None and "latent_actions" in cfg.parts:
         stage("latent actions")
         report["latent_actions"] = latent_action_quality(model, episodes, seed=cfg.seed)
-    if "reward_model" in parts:
+    if "reward_model" in cfg.parts:
         stage("reward and end model")
         report["reward_model"] = reward_model_quality(model, episodes)
     series, breakdowns = None, []
-    if cfg.long_run_steps and "long_run" in parts:
+    if cfg.long_run_steps and "long_run" in cfg.parts:
         stage(f"long run ({cfg.long_run_steps} steps)")
         report["long_run"], series = long_run(model, episodes, steps=cfg.long_run_steps, dreams=cfg.long_run_dreams,
                                               seed=cfg.seed, progress=cfg.progress, sim_options=sim_options,
@@ -997,7 +996,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if breakdowns:
         report["files"]["breakdowns"] = str(plot_breakdowns(breakdowns, out / "breakdowns.png"))
     horizon = min(32, min(len(e.frames) for e in episodes) - model.dynamics_config.context_frames)
-    if horizon >= 1 and "video" in parts:
+    if "video" in cfg.parts and horizon >= 1:
         report["files"]["video"] = str(write_video(model, episodes, out / "real_vs_dream.gif", horizon=horizon,
                                                    windows=cfg.video_windows, seed=cfg.seed,
                                                    sim_options=sim_options))
