@@ -24,7 +24,7 @@ from recorders.dataset import DatasetError, DatasetWriter, episode_paths, load_e
 MATCHING_KEYS = ("game", "frame_size", "frame_skip", "sticky_actions", "action_meanings")
 
 
-def merge_datasets(sources: list[str | Path], out: str | Path, *, compress_level: int = 1) -> DatasetWriter:
+def merge_datasets(sources: list[str | Path], out: str | Path) -> DatasetWriter:
     """Copy the episodes of ``sources`` (dataset directories, in this order) into ``out``.
 
     Every source is checked in full (:func:`recorders.dataset.validate_dataset`) and against
@@ -34,14 +34,13 @@ def merge_datasets(sources: list[str | Path], out: str | Path, *, compress_level
     Args:
         sources: at least one dataset directory.
         out: the merged dataset's directory (created, or appended to).
-        compress_level: only for a new ``out``'s writer; episode files are copied as they are.
 
     Returns:
         The writer, whose ``episodes_before``, ``episodes_written`` and ``frames_written``
         tell what was there and what was added.
 
     Raises:
-        DatasetError: no sources; a source that is ``out``, damaged (every problem named) or of
+        DatasetError: no sources; a source named twice or that is ``out``; a source damaged (every problem named) or of
             another game, frame size, frame skip, sticky-action rate or action set than the
             first source (the key and both values named); an ``out`` of another kind.
     """
@@ -49,9 +48,13 @@ def merge_datasets(sources: list[str | Path], out: str | Path, *, compress_level
         raise DatasetError("no source datasets to merge")
     out = Path(out)
     paths = [Path(s) for s in sources]
+    seen: dict[Path, Path] = {}
     for p in paths:
         if out.exists() and p.exists() and p.resolve() == out.resolve():
             raise DatasetError(f"{p} is both a source and the output: merge into another directory")
+        if p.resolve() in seen:
+            raise DatasetError(f"{p} is named twice (as {seen[p.resolve()]} before): its episodes would be merged twice")
+        seen[p.resolve()] = p
     for p in paths:
         problems = validate_dataset(p)
         if problems:
@@ -64,7 +67,7 @@ def merge_datasets(sources: list[str | Path], out: str | Path, *, compress_level
                 raise DatasetError(f"{where} has {key}={meta.get(key)!r} but {paths[0]} has "
                                    f"{metas[0].get(key)!r}: they cannot be one dataset")
     first = {k: v for k, v in metas[0].items() if k not in ("format", "version")}
-    writer = DatasetWriter(out, first, compress_level=compress_level)
+    writer = DatasetWriter(out, first)
     for p in paths:
         for ep_path in episode_paths(p):
             writer.write_encoded(ep_path.read_bytes(), frames=len(load_episode(ep_path).frames))

@@ -54,6 +54,9 @@ def test_merge_names_a_damaged_source_and_writes_nothing(tmp_path):
     assert len(EpisodeDataset(out)) == 1
     with pytest.raises(DatasetError, match="both a source and the output"):
         merge_datasets([a, out], out)
+    with pytest.raises(DatasetError, match="named twice"):
+        merge_datasets([a, b, tmp_path / "a"], tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()
     with pytest.raises(DatasetError, match="no source"):
         merge_datasets([], tmp_path / "new")
 
