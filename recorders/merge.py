@@ -50,13 +50,15 @@ def merge_datasets(sources: list[str | Path], out: str | Path) -> DatasetWriter:
         raise DatasetError("no source datasets to merge")
     out = Path(out)
     paths = [Path(s) for s in sources]
+    out_resolved = out.resolve() if out.exists() else None
     seen: dict[Path, Path] = {}
     for p in paths:
-        if out.exists() and p.exists() and p.resolve() == out.resolve():
+        resolved = p.resolve()
+        if resolved == out_resolved:
             raise DatasetError(f"{p} is both a source and the output: merge into another directory")
-        if p.resolve() in seen:
-            raise DatasetError(f"{p} is named twice (as {seen[p.resolve()]} before): its episodes would be merged twice")
-        seen[p.resolve()] = p
+        if resolved in seen:
+            raise DatasetError(f"{p} is named twice (as {seen[resolved]} before): its episodes would be merged twice")
+        seen[resolved] = p
     for p in paths:
         problems = validate_dataset(p)
         if problems:
@@ -77,12 +79,10 @@ def merge_datasets(sources: list[str | Path], out: str | Path) -> DatasetWriter:
 
 
 def _frame_count(path: Path) -> int:
-    """The frame count of an episode file already validated, from its ``frames`` array's header
-    (the array itself is not read again)."""
-    with np.load(path) as archive, archive.zip.open("frames.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return int(read_header(fh)[0][0])
+    """The frame count of an episode file already validated: one more than its actions (the
+    small per-step array; the frames are not decoded again)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return len(archive["actions"]) + 1
 
 
 def main(argv: list[str] | None = None) -> int:
